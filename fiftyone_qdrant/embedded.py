@@ -1,0 +1,418 @@
+"""Embedded Qdrant: Qdrant's own engine in-process (``qdrant-edge-py``).
+
+Layout of a store (default ``~/.fiftyone/qdrant``)::
+
+    <root>/collections/<name>/shard/            the Edge shard (segments)
+    <root>/collections/<name>/collection.json   vector config + metadata
+    <root>/collections/<name>/version           bumped after every write
+    <root>/collections/<name>/lock              fcntl lock file
+
+The FiftyOne App server is another process that opens the same store while a
+notebook still holds it, so shards are created without a WAL (a second
+process may then load them) and we coordinate ourselves: writers take an
+exclusive lock, write, ``flush()`` and bump ``version``; readers take a shared
+lock and reload the shard when ``version`` changed since they loaded it.
+Without a WAL a write is durable once ``flush()`` returns, which happens
+before the lock is released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import threading
+import uuid
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import qdrant_edge as qe
+
+from .engine import (
+    CollectionSpec,
+    Hit,
+    IdRestriction,
+    PointRecord,
+    VectorStore,
+)
+from .errors import CollectionNotFoundError, ConfigError, QdrantBackendError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+
+_DISTANCES = {
+    "cosine": qe.Distance.Cosine,
+    "dotproduct": qe.Distance.Dot,
+    "euclidean": qe.Distance.Euclid,
+    "manhattan": qe.Distance.Manhattan,
+}
+
+_HNSW_KEYS = ("m", "ef_construct", "full_scan_threshold", "max_indexing_threads", "on_disk", "payload_m")
+_HNSW_DEFAULTS = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000}
+_OPTIMIZER_KEYS = ("deleted_threshold", "vacuum_min_vector_number", "default_segment_number", "max_segment_size", "indexing_threshold")
+
+
+def validate_collection_name(name: str) -> str:
+    """Collection names become directory names: no separators, no ``..``."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise ConfigError(
+            "Invalid collection name %r: use 1-255 letters, digits, '_', '-' "
+            "or '.', starting with a letter or digit" % (name,)
+        )
+    return name
+
+
+class _SharedShard:
+    """One collection directory, shared safely between processes."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.shard_dir = os.path.join(directory, "shard")
+        self._lock_path = os.path.join(directory, "lock")
+        self._version_path = os.path.join(directory, "version")
+        self._shard: Optional[qe.EdgeShard] = None
+        self._loaded_version: Optional[str] = None
+        self._thread_lock = threading.RLock()
+
+    def _read_version(self) -> str:
+        try:
+            with open(self._version_path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise CollectionNotFoundError(
+                "Qdrant collection at '%s' no longer exists" % self.directory
+            ) from None
+
+    def _bump_version(self) -> None:
+        tmp = self._version_path + ".tmp-%d" % os.getpid()
+        with open(tmp, "w") as f:
+            f.write(uuid.uuid4().hex)
+        os.replace(tmp, self._version_path)
+
+    def _ensure_fresh(self) -> qe.EdgeShard:
+        version = self._read_version()
+        if self._shard is None or version != self._loaded_version:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+            self._shard = qe.EdgeShard.load(self.shard_dir)
+            self._loaded_version = version
+        return self._shard
+
+    @contextlib.contextmanager
+    def _flock(self, mode: int):
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            raise CollectionNotFoundError(
+                "Qdrant collection at '%s' no longer exists" % self.directory
+            ) from None
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[qe.EdgeShard]:
+        with self._thread_lock, self._flock(fcntl.LOCK_SH):
+            yield self._ensure_fresh()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[qe.EdgeShard]:
+        with self._thread_lock, self._flock(fcntl.LOCK_EX):
+            shard = self._ensure_fresh()
+            try:
+                yield shard
+            finally:
+                shard.flush()
+                self._bump_version()
+                self._loaded_version = self._read_version()
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+
+
+class EmbeddedStore(VectorStore):
+    """Collections in a directory on local disk."""
+
+    def __init__(self, path: str):
+        self.root = os.path.abspath(os.path.expanduser(path))
+        self.location = "embedded store at '%s'" % self.root
+        self._collections_dir = os.path.join(self.root, "collections")
+        self._open: Dict[str, _SharedShard] = {}
+        self._lock = threading.RLock()
+
+    # -- helpers ------------------------------------------------------------
+
+    def _dir(self, name: str) -> str:
+        return os.path.join(self._collections_dir, validate_collection_name(name))
+
+    def _shared(self, name: str) -> _SharedShard:
+        with self._lock:
+            shared = self._open.get(name)
+            if shared is None or not os.path.isdir(shared.directory):
+                if not self.collection_exists(name):
+                    raise CollectionNotFoundError(
+                        "Qdrant collection '%s' does not exist in the %s. "
+                        "Create it with compute_similarity(), or check "
+                        "`collection_name` and the store path"
+                        % (name, self.location)
+                    )
+                shared = _SharedShard(self._dir(name))
+                self._open[name] = shared
+            return shared
+
+    def _read_json(self, name: str) -> Dict[str, Any]:
+        path = os.path.join(self._dir(name), "collection.json")
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise CollectionNotFoundError(
+                "Qdrant collection '%s' does not exist in the %s"
+                % (name, self.location)
+            ) from None
+
+    def _write_json(self, directory: str, doc: Dict[str, Any]) -> None:
+        path = os.path.join(directory, "collection.json")
+        tmp = path + ".tmp-%d" % os.getpid()
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def _store_lock(self):
+        os.makedirs(self._collections_dir, exist_ok=True)
+        fd = os.open(os.path.join(self.root, "store.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- collections --------------------------------------------------------
+
+    def list_collections(self) -> List[str]:
+        if not os.path.isdir(self._collections_dir):
+            return []
+        return sorted(
+            n
+            for n in os.listdir(self._collections_dir)
+            if _NAME_RE.match(n)
+            and os.path.isfile(os.path.join(self._collections_dir, n, "collection.json"))
+        )
+
+    def collection_exists(self, name: str) -> bool:
+        return os.path.isfile(os.path.join(self._dir(name), "collection.json"))
+
+    def create_collection(self, name: str, spec: CollectionSpec, metadata: Dict[str, Any]) -> None:
+        self.create_collection_from_config(
+            name,
+            edge_config=_edge_config(spec),
+            vectors={spec.vector_name or "": {"size": spec.dimension, "metric": spec.metric}},
+            metadata=metadata,
+            keyword_fields=(),
+        )
+
+    def create_collection_from_config(
+        self,
+        name: str,
+        edge_config: qe.EdgeConfig,
+        vectors: Dict[str, Dict[str, Any]],
+        metadata: Dict[str, Any],
+        keyword_fields: Sequence[str] = (),
+        sparse_vectors: Sequence[str] = (),
+    ) -> None:
+        """Creates a collection atomically: it appears complete or not at
+        all, even if two processes race or one is killed half way."""
+        final_dir = self._dir(name)
+        with self._store_lock():
+            if self.collection_exists(name):
+                raise QdrantBackendError(
+                    "Qdrant collection '%s' already exists in the %s"
+                    % (name, self.location)
+                )
+            shutil.rmtree(final_dir, ignore_errors=True)  # a crashed attempt
+            tmp_dir = os.path.join(self._collections_dir, ".tmp-%s-%s" % (name, uuid.uuid4().hex[:8]))
+            os.makedirs(tmp_dir)
+            shard = qe.EdgeShard.create(os.path.join(tmp_dir, "shard"), edge_config)
+            for field in keyword_fields:
+                shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+            shard.flush()
+            shard.close()
+            open(os.path.join(tmp_dir, "lock"), "w").close()
+            with open(os.path.join(tmp_dir, "version"), "w") as f:
+                f.write(uuid.uuid4().hex)
+            self._write_json(
+                tmp_dir,
+                {"format": 1, "vectors": vectors, "sparse_vectors": list(sparse_vectors), "metadata": metadata},
+            )
+            os.rename(tmp_dir, final_dir)
+
+    def get_spec(self, name: str, vector_name: Optional[str] = None) -> CollectionSpec:
+        vectors = self._read_json(name)["vectors"]
+        key = vector_name or ""
+        if key not in vectors:
+            raise ConfigError(
+                "Qdrant collection '%s' has no dense vector named %r; it has %s. "
+                "Pass one of them as `vector_name`"
+                % (name, vector_name, sorted(k or None for k in vectors))
+            )
+        v = vectors[key]
+        return CollectionSpec(dimension=v["size"], metric=v["metric"], vector_name=vector_name)
+
+    def vector_names(self, name: str) -> Dict[str, Any]:
+        doc = self._read_json(name)
+        return {"dense": doc["vectors"], "sparse": doc.get("sparse_vectors", [])}
+
+    def get_metadata(self, name: str) -> Dict[str, Any]:
+        return dict(self._read_json(name).get("metadata") or {})
+
+    def set_metadata(self, name: str, metadata: Dict[str, Any]) -> None:
+        with self._shared(name).writing():
+            doc = self._read_json(name)
+            doc["metadata"] = metadata
+            self._write_json(self._dir(name), doc)
+
+    def delete_collection(self, name: str) -> None:
+        directory = self._dir(name)
+        with self._store_lock():
+            with self._lock:
+                shared = self._open.pop(name, None)
+                if shared is not None:
+                    shared.close()
+            if not os.path.isdir(directory):
+                return
+            trash = os.path.join(self._collections_dir, ".trash-%s-%s" % (name, uuid.uuid4().hex[:8]))
+            os.rename(directory, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def create_keyword_index(self, name: str, field: str) -> None:
+        with self._shared(name).writing() as shard:
+            shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+
+    # -- points -------------------------------------------------------------
+
+    def upsert(self, name, ids, vectors, payloads, vector_name=None) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        rows = vectors.tolist()
+        if vector_name:
+            points = [qe.Point(i, {vector_name: v}, p) for i, v, p in zip(ids, rows, payloads)]
+        else:
+            points = [qe.Point(i, v, p) for i, v, p in zip(ids, rows, payloads)]
+        with self._shared(name).writing() as shard:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def upsert_points(self, name: str, points: List[qe.Point]) -> None:
+        """Raw Edge points (any vector kinds), for the streaming sink."""
+        with self._shared(name).writing() as shard:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def delete(self, name, ids) -> None:
+        with self._shared(name).writing() as shard:
+            shard.update(qe.UpdateOperation.delete_points(list(ids)))
+
+    def retrieve(self, name, ids, with_vectors=False, vector_name=None) -> List[PointRecord]:
+        with self._shared(name).reading() as shard:
+            records = shard.retrieve(list(ids), with_payload=True, with_vector=_with_vector(with_vectors, vector_name))
+        return [_record(r, with_vectors, vector_name) for r in records]
+
+    def count(self, name) -> int:
+        with self._shared(name).reading() as shard:
+            return shard.count(qe.CountRequest(exact=True))
+
+    def revision(self, name) -> Optional[str]:
+        return self._shared(name)._read_version()
+
+    def scroll(self, name, with_vectors=False, page_size=1000, restriction=None, vector_name=None):
+        offset = None
+        query_filter = _edge_filter(restriction)
+        while True:
+            with self._shared(name).reading() as shard:
+                records, offset = shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=page_size,
+                        filter=query_filter,
+                        with_payload=True,
+                        with_vector=_with_vector(with_vectors, vector_name),
+                    )
+                )
+            if records:
+                yield [_record(r, with_vectors, vector_name) for r in records]
+            if offset is None:
+                return
+
+    def query_batch(self, name, vectors, limit, restriction=None, score_threshold=None, vector_name=None, search_params=None):
+        query_filter = _edge_filter(restriction)
+        params = qe.SearchParams(**search_params) if search_params else None
+        requests = [
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(v, using=vector_name),
+                filter=query_filter,
+                with_payload=True,
+                score_threshold=score_threshold,
+                params=params,
+            )
+            for v in np.asarray(vectors, dtype=np.float32).tolist()
+        ]
+        with self._shared(name).reading() as shard:
+            results = shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[Hit(str(p.id), p.score, p.payload or {}) for p in hits] for hits in results]
+
+    def optimize(self, name: str) -> None:
+        with self._shared(name).writing() as shard:
+            shard.optimize()
+
+    def close(self) -> None:
+        with self._lock:
+            for shared in self._open.values():
+                shared.close()
+            self._open.clear()
+
+
+def _with_vector(with_vectors: bool, vector_name: Optional[str]):
+    if not with_vectors:
+        return False
+    return [vector_name] if vector_name else True
+
+
+def _record(r, with_vectors: bool, vector_name: Optional[str]) -> PointRecord:
+    vector = None
+    if with_vectors and r.vector is not None:
+        v = r.vector[vector_name] if vector_name else r.vector
+        if isinstance(v, dict):  # unnamed default vector returned as {"": [...]}
+            v = v.get("")
+        vector = np.asarray(v, dtype=np.float32)
+    return PointRecord(str(r.id), vector, r.payload or {})
+
+
+def _edge_filter(restriction: Optional[IdRestriction]):
+    if restriction is None:
+        return None
+    if restriction.field is None:
+        return qe.Filter(must=[qe.HasIdCondition(set(restriction.values))])
+    return qe.Filter(must=[qe.FieldCondition(restriction.field, match=qe.MatchAny(list(restriction.values)))])
+
+
+def _edge_config(spec: CollectionSpec) -> qe.EdgeConfig:
+    params = qe.EdgeVectorParams(size=spec.dimension, distance=_DISTANCES[spec.metric])
+    vectors = {spec.vector_name: params} if spec.vector_name else params
+    hnsw = None
+    if spec.hnsw_config:
+        hnsw_params = dict(_HNSW_DEFAULTS)
+        hnsw_params.update({k: v for k, v in spec.hnsw_config.items() if k in _HNSW_KEYS and v is not None})
+        hnsw = qe.HnswIndexConfig(**hnsw_params)
+    optimizers = None
+    if spec.optimizers_config:
+        optimizers = qe.EdgeOptimizersConfig(**{k: v for k, v in spec.optimizers_config.items() if k in _OPTIMIZER_KEYS})
+    return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, optimizers=optimizers, wal_enabled=False)

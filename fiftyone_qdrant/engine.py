@@ -1,0 +1,161 @@
+"""The one small interface between the FiftyOne-facing code and a Qdrant
+engine.
+
+Two implementations: :class:`fiftyone_qdrant.embedded.EmbeddedStore`
+(Qdrant's engine in-process via ``qdrant-edge-py``, on local disk, the
+default) and :class:`fiftyone_qdrant.server.ServerStore` (a Qdrant server or
+cluster through ``qdrant-client``). Everything is batch-first: ids and
+vectors travel as lists and ``float32`` arrays, never one point at a time.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+METRICS = ("cosine", "dotproduct", "euclidean", "manhattan")
+
+# Metrics whose scores grow with similarity (Qdrant returns them sorted
+# descending); for the others the score is a distance (sorted ascending)
+SIMILARITY_METRICS = ("cosine", "dotproduct")
+
+
+@dataclasses.dataclass
+class CollectionSpec:
+    """How a collection's vectors are stored (what creation needs)."""
+
+    dimension: int
+    metric: str = "cosine"
+    vector_name: Optional[str] = None
+    hnsw_config: Optional[Dict[str, Any]] = None
+    optimizers_config: Optional[Dict[str, Any]] = None
+    wal_config: Optional[Dict[str, Any]] = None
+    replication_factor: Optional[int] = None
+    shard_number: Optional[int] = None
+    write_consistency_factor: Optional[int] = None
+
+
+@dataclasses.dataclass
+class PointRecord:
+    id: str
+    vector: Optional[np.ndarray]
+    payload: Dict[str, Any]
+
+
+@dataclasses.dataclass
+class Hit:
+    id: str
+    score: float
+    payload: Dict[str, Any]
+
+
+@dataclasses.dataclass
+class IdRestriction:
+    """Restricts a query to points whose id (``field=None``) or keyword
+    payload ``field`` is one of ``values``."""
+
+    values: Sequence[str]
+    field: Optional[str] = None
+
+
+class VectorStore(abc.ABC):
+    """A set of Qdrant collections."""
+
+    #: human-readable location, safe to log (no secrets)
+    location: str
+
+    # -- collections ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_collections(self) -> List[str]: ...
+
+    @abc.abstractmethod
+    def collection_exists(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def create_collection(
+        self, name: str, spec: CollectionSpec, metadata: Dict[str, Any]
+    ) -> None:
+        """Creates a collection; raises if it already exists."""
+
+    @abc.abstractmethod
+    def get_spec(self, name: str, vector_name: Optional[str] = None) -> CollectionSpec:
+        """The stored vector config (raises CollectionNotFoundError)."""
+
+    @abc.abstractmethod
+    def get_metadata(self, name: str) -> Dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def set_metadata(self, name: str, metadata: Dict[str, Any]) -> None:
+        """Replaces the collection metadata with ``metadata``."""
+
+    @abc.abstractmethod
+    def delete_collection(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def create_keyword_index(self, name: str, field: str) -> None: ...
+
+    # -- points --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[Dict[str, Any]],
+        vector_name: Optional[str] = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    def retrieve(
+        self,
+        name: str,
+        ids: Sequence[str],
+        with_vectors: bool = False,
+        vector_name: Optional[str] = None,
+    ) -> List[PointRecord]:
+        """Records for the ids that exist, in any order."""
+
+    @abc.abstractmethod
+    def count(self, name: str) -> int: ...
+
+    @abc.abstractmethod
+    def revision(self, name: str) -> Optional[str]:
+        """Changes whenever the set of points may have changed (cache key)."""
+
+    @abc.abstractmethod
+    def scroll(
+        self,
+        name: str,
+        with_vectors: bool = False,
+        page_size: int = 1000,
+        restriction: Optional[IdRestriction] = None,
+        vector_name: Optional[str] = None,
+    ) -> Iterator[List[PointRecord]]:
+        """Pages over every (matching) point."""
+
+    @abc.abstractmethod
+    def query_batch(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        limit: int,
+        restriction: Optional[IdRestriction] = None,
+        score_threshold: Optional[float] = None,
+        vector_name: Optional[str] = None,
+        search_params: Optional[Dict[str, Any]] = None,
+    ) -> List[List[Hit]]:
+        """Nearest neighbours of each row of ``vectors``, in one engine call."""
+
+    def optimize(self, name: str) -> None:
+        """Builds indexes (HNSW); servers do this on their own."""
+
+    def close(self) -> None:
+        """Releases files/connections."""

@@ -1,0 +1,64 @@
+"""Mapping between FiftyOne ids and Qdrant point ids.
+
+Qdrant point ids must be unsigned integers or UUIDs; FiftyOne ids are
+24-hex-digit ObjectIds. We use the scheme of FiftyOne's built-in Qdrant
+backend (ObjectId hex + eight zeros, read as a UUID) so that collections it
+created stay readable, and the mapping needs no lookup table.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Iterable, List, Sequence
+
+from .errors import InvalidInputError
+
+_OBJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
+_SUFFIX = "00000000"
+
+
+def is_object_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_OBJECT_ID_RE.match(value))
+
+
+def validate_ids(ids: Iterable[object], kind: str = "sample") -> List[str]:
+    """Returns ``ids`` as a list of strings, or raises naming the first bad
+    one (a wrong type, a non-ObjectId string)."""
+    if isinstance(ids, str):
+        ids = [ids]
+
+    out = []
+    for value in ids:
+        value = str(value) if not isinstance(value, str) and _is_oid_obj(value) else value
+        if not is_object_id(value):
+            raise InvalidInputError(
+                "Invalid %s id %r: expected a 24-character hex ObjectId string "
+                "such as the values of `dataset.values('id')`" % (kind, value)
+            )
+        out.append(value.lower())
+
+    return out
+
+
+def _is_oid_obj(value: object) -> bool:
+    return type(value).__name__ == "ObjectId"
+
+
+def to_point_id(fiftyone_id: str) -> str:
+    return str(uuid.UUID(fiftyone_id + _SUFFIX))
+
+
+def to_point_ids(fiftyone_ids: Sequence[str]) -> List[str]:
+    return [str(uuid.UUID(_id + _SUFFIX)) for _id in fiftyone_ids]
+
+
+def from_point_id(point_id: object) -> str | None:
+    """The FiftyOne id encoded in a point id, or None if the point id does
+    not follow our scheme (e.g. a record written by a streaming pipeline)."""
+    text = point_id.hex if isinstance(point_id, uuid.UUID) else str(point_id)
+    text = text.replace("-", "")
+    if len(text) == 32 and text.endswith(_SUFFIX):
+        return text[:24]
+
+    return None

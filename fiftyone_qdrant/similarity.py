@@ -1,0 +1,985 @@
+"""The FiftyOne brain contract: config, method and index for Qdrant.
+
+These classes are stored by path in FiftyOne run records
+(``fiftyone_qdrant.similarity.QdrantSimilarityConfig`` ...): never move them.
+
+Distances follow the sklearn backend: smaller is more similar. For
+``cosine`` the distance is ``1 - cosine similarity``, for ``dotproduct`` it
+is ``-dot product``, for ``euclidean`` and ``manhattan`` it is the distance
+itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+import eta.core.utils as etau
+import fiftyone.core.utils as fou
+from fiftyone.brain.similarity import (
+    DuplicatesMixin,
+    Similarity,
+    SimilarityConfig,
+    SimilarityIndex,
+)
+
+from . import ids as idmap
+from . import records
+from .connection import ConnectionSettings
+from .engine import METRICS, SIMILARITY_METRICS, CollectionSpec, IdRestriction, PointRecord
+from .errors import (
+    CollectionNotFoundError,
+    ConfigError,
+    DimensionMismatchError,
+    InvalidInputError,
+    QdrantBackendError,
+    UnknownIdError,
+)
+
+logger = logging.getLogger(__name__)
+
+_CREDENTIALS = ("url", "api_key", "grpc_port", "prefer_grpc", "https")
+_NORM_KEY = "embedding_norm"
+_PAGE_SIZE = 1000
+
+# A view this small is sent to Qdrant as an id filter; larger views are
+# answered by oversampling, so a query never ships more than this many ids
+_MAX_FILTER_IDS = 1000
+
+
+def _model_fields(model_cls) -> Tuple[str, ...]:
+    return tuple(model_cls.model_fields)
+
+
+def _validate_partial(name: str, value: Any, model_cls) -> Optional[Dict[str, Any]]:
+    """Checks a partial Qdrant config dict against qdrant-client's model."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError("`%s` must be a dict, got %r" % (name, value))
+    allowed = _model_fields(model_cls)
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            "Unknown key(s) %s in `%s`. Valid keys are %s" % (unknown, name, list(allowed))
+        )
+    try:
+        model_cls(**value)
+    except Exception as e:
+        raise ConfigError("Invalid `%s` %r: %s" % (name, value, e)) from None
+    return dict(value)
+
+
+def _positive_int(name: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError("`%s` must be a positive integer, got %r" % (name, value))
+    return value
+
+
+class QdrantSimilarityConfig(SimilarityConfig):
+    """Configuration for the Qdrant similarity backend.
+
+    Args:
+        collection_name (None): the Qdrant collection to use or create. By
+            default ``fiftyone-<dataset>-<brain_key>``
+        metric ("cosine"): ``"cosine"``, ``"dotproduct"``, ``"euclidean"`` or
+            ``"manhattan"``
+        replication_factor, shard_number, write_consistency_factor (None):
+            cluster settings used when creating a collection on a server
+        hnsw_config, optimizers_config, wal_config (None): partial Qdrant
+            config dicts used when creating a collection
+        vector_name (None): the named dense vector to use, for collections
+            with named vectors (e.g. written by the streaming sink)
+        search_params (None): Qdrant search params for queries, e.g.
+            ``{"hnsw_ef": 128}`` or ``{"exact": True}``
+        path (None): the embedded store directory, used when no ``url`` is
+            set. Default ``~/.fiftyone/qdrant``
+        url (None): a Qdrant server URL. Not stored in run records
+        api_key (None): a Qdrant API key. Never stored
+        grpc_port (None): the server's gRPC port. Not stored
+        prefer_grpc (None): whether to use gRPC. Not stored
+        https (None): whether to use HTTPS. Not stored
+        timeout (None): request timeout in seconds (server only)
+        **kwargs: keyword arguments for
+            :class:`fiftyone.brain.similarity.SimilarityConfig`
+    """
+
+    def __init__(
+        self,
+        collection_name: Optional[str] = None,
+        metric: Optional[str] = None,
+        replication_factor: Optional[int] = None,
+        shard_number: Optional[int] = None,
+        write_consistency_factor: Optional[int] = None,
+        hnsw_config: Optional[dict] = None,
+        optimizers_config: Optional[dict] = None,
+        wal_config: Optional[dict] = None,
+        vector_name: Optional[str] = None,
+        search_params: Optional[dict] = None,
+        path: Optional[str] = None,
+        timeout: Optional[float] = None,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        grpc_port: Optional[int] = None,
+        prefer_grpc: Optional[bool] = None,
+        https: Optional[bool] = None,
+        model_spec: Optional[dict] = None,
+        **kwargs,
+    ):
+        from qdrant_client import models as qm
+
+        from .embedded import validate_collection_name
+
+        metric = metric or "cosine"
+        if metric not in METRICS:
+            raise ConfigError(
+                "Unsupported metric %r. Supported values are %s" % (metric, METRICS)
+            )
+        if collection_name is not None:
+            validate_collection_name(collection_name)
+
+        # A model built by fiftyone_qdrant.models carries the spec needed to
+        # reload it in another process (e.g. the App server)
+        model = kwargs.get("model")
+        if model_spec is None and model is not None and not etau.is_str(model):
+            model_spec = getattr(model, "_fiftyone_qdrant_spec", None)
+        if model_spec is not None:
+            kwargs["supports_prompts"] = bool(
+                kwargs.get("supports_prompts") or getattr(model, "can_embed_prompts", True)
+            )
+
+        super().__init__(**kwargs)
+        if model_spec is not None:
+            self.supports_prompts = True
+
+        self.collection_name = collection_name
+        self.metric = metric
+        self.replication_factor = _positive_int("replication_factor", replication_factor)
+        self.shard_number = _positive_int("shard_number", shard_number)
+        self.write_consistency_factor = _positive_int("write_consistency_factor", write_consistency_factor)
+        self.hnsw_config = _validate_partial("hnsw_config", hnsw_config, qm.HnswConfigDiff)
+        self.optimizers_config = _validate_partial("optimizers_config", optimizers_config, qm.OptimizersConfigDiff)
+        self.wal_config = _validate_partial("wal_config", wal_config, qm.WalConfigDiff)
+        self.search_params = _validate_partial("search_params", search_params, qm.SearchParams)
+        self.vector_name = vector_name
+        self.path = path
+        self.timeout = timeout
+        self.model_spec = model_spec
+
+        # Credentials are private so that they are never serialized
+        self._url = url
+        self._api_key = str(api_key) if api_key is not None else None
+        self._grpc_port = grpc_port
+        self._prefer_grpc = prefer_grpc
+        self._https = https
+
+        self.connection_settings()  # validates, never connects
+
+    @property
+    def method(self) -> str:
+        return "qdrant"
+
+    url = property(lambda self: self._url, lambda self, v: setattr(self, "_url", v))
+    api_key = property(
+        lambda self: self._api_key,
+        lambda self, v: setattr(self, "_api_key", None if v is None else str(v)),
+    )
+    grpc_port = property(lambda self: self._grpc_port, lambda self, v: setattr(self, "_grpc_port", v))
+    prefer_grpc = property(lambda self: self._prefer_grpc, lambda self, v: setattr(self, "_prefer_grpc", v))
+    https = property(lambda self: self._https, lambda self, v: setattr(self, "_https", v))
+
+    @property
+    def max_k(self):
+        return None
+
+    @property
+    def supports_least_similarity(self) -> bool:
+        return self.metric in SIMILARITY_METRICS
+
+    @property
+    def supported_aggregations(self):
+        return ("mean",)
+
+    def load_credentials(self, url=None, api_key=None, grpc_port=None, prefer_grpc=None, https=None, path=None):
+        self._load_parameters(
+            url=url, api_key=api_key, grpc_port=grpc_port, prefer_grpc=prefer_grpc, https=https, path=path
+        )
+
+    def connection_settings(self) -> ConnectionSettings:
+        return ConnectionSettings(
+            url=self.url,
+            api_key=self.api_key,
+            grpc_port=self.grpc_port,
+            prefer_grpc=self.prefer_grpc,
+            https=self.https,
+            timeout=self.timeout,
+            path=self.path,
+        )
+
+    def collection_spec(self, dimension: int) -> CollectionSpec:
+        return CollectionSpec(
+            dimension=dimension,
+            metric=self.metric,
+            vector_name=self.vector_name,
+            hnsw_config=self.hnsw_config,
+            optimizers_config=self.optimizers_config,
+            wal_config=self.wal_config,
+            replication_factor=self.replication_factor,
+            shard_number=self.shard_number,
+            write_consistency_factor=self.write_consistency_factor,
+        )
+
+    def __repr__(self):
+        return "%s(collection_name=%r, metric=%r, location=%s)" % (
+            type(self).__name__,
+            self.collection_name,
+            self.metric,
+            self.connection_settings().describe(),
+        )
+
+
+class QdrantSimilarity(Similarity):
+    """Qdrant similarity factory."""
+
+    def ensure_requirements(self):
+        """Runs before FiftyOne registers the brain run: a server that cannot
+        be reached fails here, leaving no run behind."""
+        fou.ensure_package("qdrant-client")
+        settings = self.config.connection_settings()
+        if settings.is_embedded:
+            fou.ensure_package("qdrant-edge-py")
+        settings.open().list_collections()
+
+    def ensure_usage_requirements(self):
+        fou.ensure_package("qdrant-client")
+
+    def register_run(self, samples, key, overwrite=True, cleanup=True):
+        # A build killed before it saved results leaves a run without
+        # results; re-running the same build replaces it and resumes
+        if key is not None and not overwrite and records.is_interrupted_build(samples, key, self.config):
+            type(self).delete_run(samples, key, cleanup=False)
+        super().register_run(samples, key, overwrite=overwrite, cleanup=cleanup)
+
+    @classmethod
+    def save_run_results(cls, samples, key, run_results, overwrite=True, cache=True):
+        super().save_run_results(samples, key, run_results, overwrite=overwrite, cache=cache)
+        if run_results is None or key is None:
+            return
+        run_results._building = False
+        store = run_results.store
+        if store.collection_exists(run_results.collection_name):
+            spec = run_results.spec
+            records.save(store, run_results.collection_name, records.make_record(run_results, spec.dimension if spec else None))
+
+    def initialize(self, samples, brain_key):
+        index = QdrantSimilarityIndex(samples, self.config, brain_key, backend=self)
+        index._build_from_caller(_caller_compute_similarity_args())
+        return index
+
+    def cleanup(self, samples, key):
+        """``delete_brain_run()`` forgets the run in the collection but keeps
+        the vectors; call ``results.cleanup()`` to delete the collection."""
+        try:
+            store = self.config.connection_settings().open()
+            records.remove(store, self.config.collection_name, samples._root_dataset.name, key)
+        except QdrantBackendError as e:
+            logger.warning("Could not update the Qdrant run records: %s", e)
+
+    def rename(self, samples, key, new_key):
+        store = self.config.connection_settings().open()
+        records.rename(store, self.config.collection_name, samples._root_dataset.name, key, new_key)
+
+
+def _caller_compute_similarity_args() -> Optional[Dict[str, Any]]:
+    """The arguments of ``fiftyone.brain.similarity.compute_similarity`` when
+    it is the caller of ``initialize()``.
+
+    FiftyOne computes model embeddings for the whole dataset in memory and
+    only then calls ``add_to_index``; reading its arguments lets us embed
+    and upsert chunk by chunk instead.
+    """
+    frame = sys._getframe(2)
+    if frame.f_code.co_name != "compute_similarity" or frame.f_globals.get("__name__") != "fiftyone.brain.similarity":
+        return None
+    return dict(frame.f_locals)
+
+
+class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
+    """A similarity index backed by a Qdrant collection."""
+
+    def __init__(self, samples, config: QdrantSimilarityConfig, brain_key, backend=None):
+        self._store = None
+        self._spec: Optional[CollectionSpec] = None
+        self._ids_cache: Optional[Tuple[Any, np.ndarray, Optional[np.ndarray]]] = None
+        self._payload_ids: Optional[bool] = None
+        self._built_by_stream = False
+        super().__init__(samples, config, brain_key, backend=backend)
+        DuplicatesMixin.__init__(self)
+        self._initialize()
+
+    # -- setup --------------------------------------------------------------
+
+    def _initialize(self):
+        if self.config.collection_name is None:
+            root = "fiftyone-" + fou.to_slug(self._samples._root_dataset.name)
+            if self.key:
+                root += "-" + fou.to_slug(self.key)
+            self.config.collection_name = root[:200]
+            if self.key is not None:
+                self.save_config()
+
+    @property
+    def store(self):
+        if self._store is None:
+            self._store = self.config.connection_settings().open()
+        return self._store
+
+    @property
+    def client(self):
+        """The underlying engine: an ``qdrant_edge.EdgeShard`` for embedded
+        stores, a ``qdrant_client.QdrantClient`` for servers."""
+        store = self.store
+        if hasattr(store, "client"):
+            return store.client
+        return store._shared(self.collection_name)._ensure_fresh()
+
+    @property
+    def collection_name(self) -> str:
+        return self.config.collection_name
+
+    @property
+    def spec(self) -> Optional[CollectionSpec]:
+        """The collection's vector config, or None if not created yet."""
+        if self._spec is None and self.store.collection_exists(self.collection_name):
+            self._spec = self.store.get_spec(self.collection_name, self.config.vector_name)
+            if self._spec.metric != self.config.metric:
+                logger.info(
+                    "Collection '%s' uses metric '%s'; using it instead of '%s'",
+                    self.collection_name, self._spec.metric, self.config.metric,
+                )
+                self.config.metric = self._spec.metric
+        return self._spec
+
+    def _require_spec(self) -> CollectionSpec:
+        spec = self.spec
+        if spec is None:
+            raise CollectionNotFoundError(
+                "Qdrant collection '%s' does not exist in the %s. Add embeddings "
+                "with add_to_index(), or rebuild the index with compute_similarity()"
+                % (self.collection_name, self.config.connection_settings().describe())
+            )
+        return spec
+
+    @property
+    def is_external(self) -> bool:
+        # False after a streamed model build tells compute_similarity() that
+        # the index is complete (it then skips its in-memory embedding pass)
+        return not self._built_by_stream
+
+    @property
+    def total_index_size(self) -> int:
+        if not self.store.collection_exists(self.collection_name):
+            return 0
+        return self.store.count(self.collection_name)
+
+    @property
+    def _id_field(self) -> str:
+        return "label_id" if self.config.patches_field is not None else "sample_id"
+
+    def _index_ids(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """All (sample ids, label ids) in the index, cached until the
+        collection changes."""
+        if not self.store.collection_exists(self.collection_name):
+            empty = np.array([], dtype="<U24")
+            return empty, (empty if self.config.patches_field else None)
+        revision = self.store.revision(self.collection_name)
+        if self._ids_cache is not None and revision is not None and self._ids_cache[0] == revision:
+            return self._ids_cache[1], self._ids_cache[2]
+        sample_ids: List[str] = []
+        label_ids: List[str] = []
+        for page in self.store.scroll(self.collection_name, page_size=10000, vector_name=self.config.vector_name):
+            for record in page:
+                sid, lid = self._fiftyone_ids(record)
+                sample_ids.append(sid)
+                if lid is not None:
+                    label_ids.append(lid)
+        result = (np.array(sample_ids, dtype="<U24"), np.array(label_ids, dtype="<U24") if self.config.patches_field else None)
+        self._ids_cache = (revision,) + result
+        return result
+
+    @property
+    def sample_ids(self):
+        return self._index_ids()[0]
+
+    @property
+    def label_ids(self):
+        return self._index_ids()[1]
+
+    def _fiftyone_ids(self, record) -> Tuple[str, Optional[str]]:
+        payload = record.payload
+        derived = idmap.from_point_id(record.id)
+        if self.config.patches_field is not None:
+            return payload.get("sample_id"), payload.get("label_id") or derived
+        return payload.get("sample_id") or derived, None
+
+    def _uses_payload_ids(self) -> bool:
+        """Whether point ids are foreign (e.g. written by a streaming
+        pipeline) so that FiftyOne ids must be looked up in payloads."""
+        if self._payload_ids is None:
+            first = next(iter(self.store.scroll(self.collection_name, page_size=1)), [])
+            if not first:
+                return False
+            record = first[0]
+            own = self._fiftyone_ids(record)[1 if self.config.patches_field else 0]
+            self._payload_ids = idmap.from_point_id(record.id) != own
+        return self._payload_ids
+
+    # -- lookups ------------------------------------------------------------
+
+    def _lookup(self, fiftyone_ids: Sequence[str], with_vectors: bool) -> Dict[str, PointRecord]:
+        """Records by FiftyOne id (sample ids, or label ids for patches)."""
+        found: Dict[str, PointRecord] = {}
+        name, vector_name = self.collection_name, self.config.vector_name
+        for start in range(0, len(fiftyone_ids), _PAGE_SIZE):
+            batch = fiftyone_ids[start : start + _PAGE_SIZE]
+            if self._uses_payload_ids():
+                pages = self.store.scroll(
+                    name, with_vectors=with_vectors, page_size=_PAGE_SIZE,
+                    restriction=IdRestriction(batch, field=self._id_field), vector_name=vector_name,
+                )
+                recs = [r for page in pages for r in page]
+            else:
+                recs = self.store.retrieve(name, idmap.to_point_ids(batch), with_vectors=with_vectors, vector_name=vector_name)
+            for record in recs:
+                sid, lid = self._fiftyone_ids(record)
+                found[lid if self.config.patches_field else sid] = record
+        return found
+
+    def _vector(self, record: PointRecord) -> np.ndarray:
+        norm = record.payload.get(_NORM_KEY)
+        return record.vector * norm if norm is not None else record.vector
+
+    def _restriction(self, fiftyone_ids: Sequence[str]) -> IdRestriction:
+        if self._uses_payload_ids():
+            return IdRestriction(list(fiftyone_ids), field=self._id_field)
+        return IdRestriction(idmap.to_point_ids(fiftyone_ids))
+
+    # -- writes -------------------------------------------------------------
+
+    def add_to_index(
+        self,
+        embeddings,
+        sample_ids,
+        label_ids=None,
+        overwrite=True,
+        allow_existing=True,
+        warn_existing=False,
+        reload=True,
+        batch_size=_PAGE_SIZE,
+        progress=None,
+    ):
+        """Adds embeddings in batches; everything is validated first, so bad
+        input raises before anything is written."""
+        try:
+            self._add_to_index(
+                embeddings, sample_ids, label_ids, overwrite, allow_existing, warn_existing, batch_size, progress
+            )
+        except Exception:
+            self._forget_failed_build()
+            raise
+        if reload:
+            self.reload()
+
+    def _add_to_index(self, embeddings, sample_ids, label_ids, overwrite, allow_existing, warn_existing, batch_size, progress):
+        embeddings, sample_ids, label_ids = self._validate_additions(embeddings, sample_ids, label_ids)
+        if len(sample_ids) == 0:
+            return
+        keys = label_ids if label_ids is not None else sample_ids
+
+        spec = self.spec
+        dimension = embeddings.shape[1]
+        if spec is not None and spec.dimension != dimension:
+            raise DimensionMismatchError(
+                "Embeddings have dimension %d but Qdrant collection '%s' stores "
+                "%d-d vectors. Use the model that built this index, or build a "
+                "new index under another brain_key/collection_name"
+                % (dimension, self.collection_name, spec.dimension)
+            )
+
+        if not overwrite or not allow_existing or warn_existing:
+            existing = set(self._lookup(keys, with_vectors=False)) if spec is not None else set()
+            if existing:
+                if not allow_existing:
+                    raise QdrantBackendError(
+                        "Found %d ids (eg %s) that already exist in the index. Pass "
+                        "allow_existing=True to skip or overwrite them" % (len(existing), next(iter(existing)))
+                    )
+                if warn_existing:
+                    logger.warning(
+                        "%s %d ids that already exist in the index",
+                        "Overwriting" if overwrite else "Skipping", len(existing),
+                    )
+                if not overwrite:
+                    keep = np.array([k not in existing for k in keys])
+                    embeddings, sample_ids = embeddings[keep], sample_ids[keep]
+                    label_ids = label_ids[keep] if label_ids is not None else None
+                    keys = label_ids if label_ids is not None else sample_ids
+                    if len(keys) == 0:
+                        return
+
+        if spec is None:
+            self._create_collection(dimension)
+
+        point_ids = self._point_ids_for_write(keys)
+        normalize = self.config.metric == "cosine"
+        with fou.ProgressBar(total=len(keys), progress=progress) as pb:
+            for start in range(0, len(keys), batch_size):
+                stop = start + batch_size
+                batch = embeddings[start:stop]
+                payloads = []
+                norms = np.linalg.norm(batch, axis=1) if normalize else None
+                for i in range(len(batch)):
+                    payload = {"sample_id": sample_ids[start + i]}
+                    if label_ids is not None:
+                        payload["label_id"] = label_ids[start + i]
+                    if norms is not None:
+                        payload[_NORM_KEY] = float(norms[i])
+                    payloads.append(payload)
+                self.store.upsert(
+                    self.collection_name, point_ids[start:stop], batch, payloads, vector_name=self.config.vector_name
+                )
+                pb.update(len(batch))
+        self._ids_cache = None
+
+    def _point_ids_for_write(self, keys: Sequence[str]) -> List[str]:
+        if self._uses_payload_ids():
+            # keep the pipeline's point ids for ids that already exist
+            existing = self._lookup(list(keys), with_vectors=False)
+            return [existing[k].id if k in existing else idmap.to_point_id(k) for k in keys]
+        return idmap.to_point_ids(keys)
+
+    def _validate_additions(self, embeddings, sample_ids, label_ids):
+        embeddings = np.asarray(embeddings)
+        if embeddings.dtype == object or not np.issubdtype(embeddings.dtype, np.number):
+            raise InvalidInputError("Embeddings must be a numeric array, got dtype %s" % embeddings.dtype)
+        if embeddings.ndim == 1 and embeddings.size > 0:
+            embeddings = embeddings[np.newaxis, :]
+        if embeddings.ndim != 2:
+            raise InvalidInputError(
+                "Embeddings must be a 2-d array (num_embeddings x num_dims), got shape %s" % (embeddings.shape,)
+            )
+        sample_ids = np.array(idmap.validate_ids(sample_ids, "sample"), dtype="<U24")
+        if len(sample_ids) != len(embeddings):
+            raise InvalidInputError(
+                "Got %d embeddings but %d sample ids; pass one id per row" % (len(embeddings), len(sample_ids))
+            )
+        if self.config.patches_field is not None:
+            if label_ids is None:
+                raise InvalidInputError(
+                    "This is a patches index on '%s': pass label_ids with the embeddings" % self.config.patches_field
+                )
+            label_ids = np.array(idmap.validate_ids(label_ids, "label"), dtype="<U24")
+            if len(label_ids) != len(embeddings):
+                raise InvalidInputError(
+                    "Got %d embeddings but %d label ids; pass one id per row" % (len(embeddings), len(label_ids))
+                )
+        elif label_ids is not None:
+            raise InvalidInputError("This index is not a patches index: do not pass label_ids")
+        if len(embeddings) == 0:
+            return embeddings.astype(np.float32), sample_ids, label_ids
+        if embeddings.shape[1] == 0:
+            raise InvalidInputError("Embeddings have zero dimensions")
+        embeddings = embeddings.astype(np.float32, copy=False)
+        if not np.isfinite(embeddings).all():
+            bad = int(np.flatnonzero(~np.isfinite(embeddings).all(axis=1))[0])
+            raise InvalidInputError(
+                "Embedding %d (id %s) contains NaN or inf; fix or drop it before indexing"
+                % (bad, (label_ids if label_ids is not None else sample_ids)[bad])
+            )
+        keys = label_ids if label_ids is not None else sample_ids
+        unique, counts = np.unique(keys, return_counts=True)
+        if (counts > 1).any():
+            raise InvalidInputError(
+                "Id %s appears %d times in this batch; each id may be added once"
+                % (unique[counts > 1][0], counts[counts > 1][0])
+            )
+        if self.config.metric == "cosine" and (np.linalg.norm(embeddings, axis=1) == 0).any():
+            bad = int(np.flatnonzero(np.linalg.norm(embeddings, axis=1) == 0)[0])
+            raise InvalidInputError(
+                "Embedding %d (id %s) is all zeros, which has no cosine similarity; drop it" % (bad, keys[bad])
+            )
+        return embeddings, sample_ids, label_ids
+
+    def _create_collection(self, dimension: int) -> None:
+        spec = self.config.collection_spec(dimension)
+        record = records.make_record(self, dimension)
+        self.store.create_collection(self.collection_name, spec, records.add({}, record))
+        self.store.create_keyword_index(self.collection_name, "sample_id")
+        if self.config.patches_field is not None:
+            self.store.create_keyword_index(self.collection_name, "label_id")
+        self._spec = spec
+        self._payload_ids = False
+
+    def _forget_failed_build(self):
+        """A failed initial build must not leave a dangling brain key."""
+        if getattr(self, "_building", False) and self.key is not None:
+            self._building = False
+            try:
+                self.backend.delete_run(self._samples._root_dataset, self.key, cleanup=False)
+            except Exception as e:
+                logger.warning("Could not delete brain run '%s': %s", self.key, e)
+
+    def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False, reload=True):
+        if sample_ids is None and label_ids is None:
+            raise InvalidInputError("Pass sample_ids or label_ids to remove")
+        self._require_spec()
+        if label_ids is not None:
+            if self.config.patches_field is None:
+                raise InvalidInputError("This index is not a patches index: pass sample_ids, not label_ids")
+            keys = idmap.validate_ids(label_ids, "label")
+            found = self._lookup(keys, with_vectors=False)
+        elif self.config.patches_field is not None:
+            keys = idmap.validate_ids(sample_ids, "sample")
+            found = self._patches_of_samples(keys, with_vectors=False)
+            present = {r.payload.get("sample_id") for r in found.values()}
+            found_keys = set(found)
+            missing = [k for k in keys if k not in present]
+            self._report_missing(missing, allow_missing, warn_missing)
+            keys = list(found_keys)
+        else:
+            keys = idmap.validate_ids(sample_ids, "sample")
+            found = self._lookup(keys, with_vectors=False)
+
+        if label_ids is not None or self.config.patches_field is None:
+            self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
+
+        point_ids = [found[k].id for k in keys if k in found]
+        for start in range(0, len(point_ids), _PAGE_SIZE):
+            self.store.delete(self.collection_name, point_ids[start : start + _PAGE_SIZE])
+        self._ids_cache = None
+        if reload:
+            self.reload()
+
+    def _patches_of_samples(self, sample_ids: Sequence[str], with_vectors: bool) -> Dict[str, PointRecord]:
+        found: Dict[str, PointRecord] = {}
+        for start in range(0, len(sample_ids), _PAGE_SIZE):
+            restriction = IdRestriction(sample_ids[start : start + _PAGE_SIZE], field="sample_id")
+            for page in self.store.scroll(
+                self.collection_name, with_vectors=with_vectors, restriction=restriction,
+                vector_name=self.config.vector_name,
+            ):
+                for record in page:
+                    found[self._fiftyone_ids(record)[1]] = record
+        return found
+
+    @staticmethod
+    def _report_missing(missing: Sequence[str], allow_missing: bool, warn_missing: bool) -> None:
+        if not missing:
+            return
+        if not allow_missing:
+            raise UnknownIdError(
+                "Found %d ids (eg %s) that are not in the index. Pass "
+                "allow_missing=True to ignore them" % (len(missing), missing[0])
+            )
+        if warn_missing:
+            logger.warning("Skipping %d ids that are not in the index", len(missing))
+
+    def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False):
+        patches = self.config.patches_field is not None
+        if label_ids is not None and not patches:
+            raise InvalidInputError("This index is not a patches index: pass sample_ids, not label_ids")
+        if not self.store.collection_exists(self.collection_name):
+            records_ = []
+        elif label_ids is not None:
+            keys = idmap.validate_ids(label_ids, "label")
+            found = self._lookup(keys, with_vectors=True)
+            self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
+            records_ = [found[k] for k in keys if k in found]
+        elif sample_ids is not None:
+            keys = idmap.validate_ids(sample_ids, "sample")
+            if patches:
+                found = self._patches_of_samples(keys, with_vectors=True)
+                by_sample: Dict[str, List[PointRecord]] = {}
+                for record in found.values():
+                    by_sample.setdefault(record.payload.get("sample_id"), []).append(record)
+                self._report_missing([k for k in keys if k not in by_sample], allow_missing, warn_missing)
+                records_ = [r for k in keys for r in by_sample.get(k, [])]
+            else:
+                found = self._lookup(keys, with_vectors=True)
+                self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
+                records_ = [found[k] for k in keys if k in found]
+        else:
+            records_ = [
+                r
+                for page in self.store.scroll(self.collection_name, with_vectors=True, vector_name=self.config.vector_name)
+                for r in page
+            ]
+
+        dim = self.spec.dimension if self.spec is not None else 0
+        embeddings = np.array([self._vector(r) for r in records_], dtype=np.float32).reshape(len(records_), dim)
+        ids = [self._fiftyone_ids(r) for r in records_]
+        out_sample_ids = np.array([s for s, _ in ids], dtype="<U24")
+        out_label_ids = np.array([l for _, l in ids], dtype="<U24") if patches else None
+        return embeddings, out_sample_ids, out_label_ids
+
+    def cleanup(self):
+        """Deletes the Qdrant collection and everything in it."""
+        self.store.delete_collection(self.collection_name)
+        self._spec = None
+        self._ids_cache = None
+
+    def optimize(self):
+        """Builds the HNSW index of an embedded collection (servers do this
+        by themselves). Queries stay exact until then."""
+        self.store.optimize(self.collection_name)
+
+    # -- queries ------------------------------------------------------------
+
+    def _score_to_dist(self, scores: np.ndarray) -> np.ndarray:
+        metric = self.config.metric
+        if metric == "cosine":
+            return 1.0 - scores
+        if metric == "dotproduct":
+            return -scores
+        return scores
+
+    def _dist_to_score_threshold(self, thresh: float) -> float:
+        metric = self.config.metric
+        if metric == "cosine":
+            return 1.0 - thresh
+        if metric == "dotproduct":
+            return -thresh
+        return thresh
+
+    def _parse_neighbors_query(self, query) -> Tuple[np.ndarray, bool]:
+        """Query vectors (2-d) and whether a single query was given."""
+        if query is None:
+            raise InvalidInputError("A query is required")
+        if etau.is_str(query):
+            return self._vectors_of_ids([query]), True
+        if isinstance(query, np.ndarray) and np.issubdtype(query.dtype, np.number):
+            vectors = query
+        else:
+            items = list(query)
+            if not items:
+                raise InvalidInputError("At least one query must be provided")
+            if all(isinstance(x, str) for x in items):
+                return self._vectors_of_ids(items), False
+            try:
+                vectors = np.asarray(items, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise InvalidInputError(
+                    "Invalid query: pass an id, a list of ids, a vector or an array of vectors"
+                ) from None
+        single = vectors.ndim == 1
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        spec = self._require_spec()
+        if vectors.ndim != 2 or vectors.shape[1] != spec.dimension:
+            raise DimensionMismatchError(
+                "Query vectors have shape %s but the index stores %d-d vectors"
+                % (vectors.shape, spec.dimension)
+            )
+        if not np.isfinite(vectors).all():
+            raise InvalidInputError("Query vectors contain NaN or inf")
+        return vectors, single
+
+    def _vectors_of_ids(self, query_ids: List[str]) -> np.ndarray:
+        keys = idmap.validate_ids(query_ids, "label" if self.config.patches_field else "sample")
+        self._require_spec()
+        found = self._lookup(keys, with_vectors=True)
+        missing = [k for k in keys if k not in found]
+        if missing:
+            raise UnknownIdError(
+                "Query id(s) %s are not in the index '%s'. Query by ids that were "
+                "indexed (see results.sample_ids%s), or add them with add_to_index()"
+                % (missing[:5], self.key or self.collection_name, "/label_ids" if self.config.patches_field else "")
+            )
+        return np.array([self._vector(found[k]) for k in keys], dtype=np.float32)
+
+    def _current_keys(self) -> Optional[np.ndarray]:
+        """The FiftyOne ids the current view allows, or None for all."""
+        if not self.has_view:
+            return None
+        if self.config.patches_field is not None:
+            return self.current_label_ids
+        return self.current_sample_ids
+
+    def _search(self, vectors: np.ndarray, k: Optional[int], reverse: bool, score_threshold=None):
+        """Hits per query vector, restricted to the current view.
+
+        A small view goes to Qdrant as an id filter. A large view is
+        answered by asking for more neighbours than ``k`` (in proportion to
+        how much of the index the view covers) and dropping those outside
+        the view; the request grows until ``k`` in-view hits are found. The
+        amount sent to Qdrant thus never grows with the view's size.
+        """
+        total = self.total_index_size
+        if total == 0:
+            return [[] for _ in vectors]
+        if reverse:
+            if self.config.metric not in SIMILARITY_METRICS:
+                raise QdrantBackendError(
+                    "Least-similarity queries (reverse=True) need metric 'cosine' "
+                    "or 'dotproduct'; this index uses '%s'. Rebuild it with one of "
+                    "those metrics" % self.config.metric
+                )
+            vectors = -vectors
+        allowed = self._current_keys()
+        want = total if k is None else min(k, total)
+        name, vector_name, params = self.collection_name, self.config.vector_name, self.config.search_params
+
+        def run(limit, restriction=None):
+            threshold = score_threshold
+            if threshold is not None and reverse:
+                threshold = -threshold
+            return self.store.query_batch(
+                name, vectors, limit, restriction=restriction, score_threshold=threshold,
+                vector_name=vector_name, search_params=params,
+            )
+
+        if allowed is None:
+            return run(want)
+        if len(allowed) == 0:
+            return [[] for _ in vectors]
+        if len(allowed) <= _MAX_FILTER_IDS:
+            return run(min(want, len(allowed)), self._restriction(list(allowed)))
+
+        allowed_set = set(allowed.tolist())
+        want = min(want, len(allowed))
+        limit = want if k is None else min(total, math.ceil(want * total / len(allowed) * 2) + 16)
+        while True:
+            results = [[h for h in hits if self._hit_key(h) in allowed_set] for hits in run(limit)]
+            if limit >= total or all(len(r) >= want for r in results):
+                return [r[:want] for r in results]
+            limit = min(total, limit * 4)
+
+    def _hit_key(self, hit) -> str:
+        if self.config.patches_field is not None:
+            return hit.payload.get("label_id") or idmap.from_point_id(hit.id)
+        return hit.payload.get("sample_id") or idmap.from_point_id(hit.id)
+
+    def _format_hits(self, all_hits, reverse: bool, single: bool, return_dists: bool):
+        sample_ids, label_ids, dists = [], [], []
+        patches = self.config.patches_field is not None
+        for hits in all_hits:
+            ids = [self._fiftyone_ids(h) for h in hits]
+            sample_ids.append([s for s, _ in ids])
+            label_ids.append([l for _, l in ids])
+            scores = np.array([h.score for h in hits], dtype=np.float64)
+            if reverse:
+                scores = -scores
+            dists.append(self._score_to_dist(scores).tolist())
+        if single:
+            sample_ids, label_ids, dists = sample_ids[0], label_ids[0], dists[0]
+        if not patches:
+            label_ids = None
+        if return_dists:
+            return sample_ids, label_ids, dists
+        return sample_ids, label_ids
+
+    def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None, return_dists=False):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise InvalidInputError("k must be a positive integer or None, got %r" % (k,))
+        if aggregation not in (None, "mean"):
+            raise InvalidInputError("Unsupported aggregation %r. Supported values are ('mean',)" % (aggregation,))
+        if query is None:
+            return self._full_index_neighbors(k, return_dists)
+        vectors, single = self._parse_neighbors_query(query)
+        if aggregation == "mean":
+            vectors, single = vectors.mean(axis=0, keepdims=True), True
+        hits = self._search(vectors, k, reverse)
+        return self._format_hits(hits, reverse, single, return_dists)
+
+    def _current_vectors(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the current view, in current-id order."""
+        keys = self._current_keys()
+        if keys is None:
+            keys = self.label_ids if self.config.patches_field is not None else self.sample_ids
+        found = self._lookup(list(keys), with_vectors=True)
+        keys = np.array([k for k in keys if k in found])
+        vectors = np.array([self._vector(found[k]) for k in keys], dtype=np.float32)
+        return keys, vectors.reshape(len(keys), self._require_spec().dimension)
+
+    def _to_current_inds(self, hits_per_query, keys: np.ndarray):
+        position = {k: i for i, k in enumerate(keys.tolist())}
+        inds, dists = [], []
+        for hits in hits_per_query:
+            pairs = [(position[self._hit_key(h)], h.score) for h in hits if self._hit_key(h) in position]
+            inds.append(np.array([p for p, _ in pairs], dtype=int))
+            dists.append(self._score_to_dist(np.array([s for _, s in pairs], dtype=np.float64)))
+        return inds, dists
+
+    def _full_index_neighbors(self, k, return_dists):
+        """Neighbours of every point of the current view (integer indexes
+        into the current ids), in batched engine calls."""
+        keys, vectors = self._current_vectors()
+        inds, dists = [], []
+        for start in range(0, len(keys), 256):
+            hits = self._search(vectors[start : start + 256], None if k is None else k + 1, False)
+            i, d = self._to_current_inds(hits, keys)
+            inds.extend(i)
+            dists.extend(d)
+        return (inds, dists) if return_dists else inds
+
+    def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
+        if thresh is None:
+            raise InvalidInputError("A distance threshold is required")
+        threshold = self._dist_to_score_threshold(float(thresh))
+        if query is None:
+            keys, vectors = self._current_vectors()
+            inds, dists = [], []
+            for start in range(0, len(keys), 256):
+                hits = self._search(vectors[start : start + 256], None, False, score_threshold=threshold)
+                i, d = self._to_current_inds(hits, keys)
+                inds.extend(i)
+                dists.extend(d)
+            return (inds, dists) if return_dists else inds
+        vectors, single = self._parse_neighbors_query(query)
+        hits = self._search(vectors, None, False, score_threshold=threshold)
+        return self._format_hits(hits, False, single, return_dists)
+
+    # -- models -------------------------------------------------------------
+
+    def get_model(self):
+        if self._model is None and self.config.model_spec is not None:
+            from .models import load_model_from_spec
+
+            self._model = load_model_from_spec(self.config.model_spec)
+        return super().get_model()
+
+    def _build_from_caller(self, args: Optional[Dict[str, Any]]) -> None:
+        """Streams a model build when called from compute_similarity()."""
+        self._building = True
+        if not args:
+            return
+        model = args.get("_model")
+        if model is None or args.get("embeddings") is not None or args.get("embeddings_exist"):
+            return
+        from .models import build_index_with_model
+
+        self._model = model
+        try:
+            build_index_with_model(
+                self,
+                samples=args["samples"],
+                model=model,
+                patches_field=args.get("patches_field"),
+                batch_size=args.get("batch_size"),
+                num_workers=args.get("num_workers"),
+                skip_failures=args.get("skip_failures", True),
+                progress=args.get("progress"),
+            )
+        except BaseException:
+            self._forget_failed_build()
+            raise
+        self._built_by_stream = self.total_index_size > 0
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, brain_key):
+        return cls(samples, config, brain_key)
