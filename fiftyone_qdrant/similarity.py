@@ -207,8 +207,11 @@ class QdrantSimilarityConfig(SimilarityConfig):
         return ("mean",)
 
     def load_credentials(self, url=None, api_key=None, grpc_port=None, prefer_grpc=None, https=None, path=None):
+        """Fills connection settings from kwargs, else from the brain config
+        (env vars, brain_config.json) where the run itself has none."""
+        given = dict(url=url, api_key=api_key, grpc_port=grpc_port, prefer_grpc=prefer_grpc, https=https, path=path)
         self._load_parameters(
-            url=url, api_key=api_key, grpc_port=grpc_port, prefer_grpc=prefer_grpc, https=https, path=path
+            **{k: v for k, v in given.items() if v is not None or getattr(self, k) is None}
         )
 
     def connection_settings(self) -> ConnectionSettings:

