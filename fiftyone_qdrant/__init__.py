@@ -1,20 +1,42 @@
 """fiftyone-qdrant: a Qdrant similarity backend for the FiftyOne brain.
 
 Once installed, ``fob.compute_similarity(dataset, backend="qdrant", ...)``
-uses this package in every process (see :mod:`fiftyone_qdrant._bootstrap`).
+uses this package in every process (see :mod:`fiftyone_qdrant._bootstrap`,
+which the installed ``.pth`` file imports at start-up). This module
+therefore stays import-free: its public names load on first use.
 """
 
 __version__ = "0.1.0"
 
-from . import _bootstrap  # noqa: F401  (idempotent; makes `import` enough)
-from .errors import (  # noqa: F401
-    CollectionNotFoundError,
-    ConfigError,
-    ConnectionFailedError,
-    DimensionMismatchError,
-    InvalidInputError,
-    QdrantBackendError,
-    UnknownIdError,
-)
-from .records import attach_index, list_indexes  # noqa: F401
-from .migration import migrate_builtin_runs  # noqa: F401
+_LAZY = {
+    "attach_index": "records",
+    "list_indexes": "records",
+    "migrate_builtin_runs": "migration",
+    "load_model": "models",
+    "QdrantBackendError": "errors",
+    "ConfigError": "errors",
+    "CollectionNotFoundError": "errors",
+    "ConnectionFailedError": "errors",
+    "DimensionMismatchError": "errors",
+    "InvalidInputError": "errors",
+    "UnknownIdError": "errors",
+    "QdrantSimilarityConfig": "similarity",
+    "QdrantSimilarity": "similarity",
+    "QdrantSimilarityIndex": "similarity",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module("." + _LAZY[name], __name__), name)
+    try:
+        return importlib.import_module("." + name, __name__)
+    except ModuleNotFoundError:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
+
+
+from . import _bootstrap  # noqa: E402,F401  (idempotent)

@@ -21,7 +21,10 @@ _stores_lock = threading.Lock()
 
 
 def default_store_path() -> str:
-    """``qdrant/`` beside FiftyOne's config file (``~/.fiftyone``)."""
+    """``FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH``, else ``qdrant/`` beside
+    FiftyOne's config file (``~/.fiftyone/qdrant``)."""
+    if os.environ.get("FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH"):
+        return os.environ["FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH"]
     config_path = os.environ.get("FIFTYONE_CONFIG_PATH") or os.path.join(
         os.path.expanduser("~"), ".fiftyone", "config.json"
     )

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -65,7 +66,19 @@ def validate_collection_name(name: str) -> str:
 
 
 class _SharedShard:
-    """One collection directory, shared safely between processes."""
+    """One collection directory, shared safely between processes.
+
+    ``EdgeShard.load()`` itself writes to the shard (it replays and deletes
+    the journals that a writer's ``flush()`` leaves), which would corrupt
+    the in-memory state of a process that still has the shard open. So a
+    writer leaves the shard *consolidated*: after writing it flushes,
+    closes and reloads before releasing its lock; loading a consolidated
+    shard rewrites nothing. Loads take the exclusive lock too.
+    """
+
+    # A long write session is consolidated this often so that readers
+    # (the App) are not locked out for the whole build
+    CONSOLIDATE_EVERY_S = 10.0
 
     def __init__(self, directory: str):
         self.directory = directory
@@ -75,6 +88,9 @@ class _SharedShard:
         self._shard: Optional[qe.EdgeShard] = None
         self._loaded_version: Optional[str] = None
         self._thread_lock = threading.RLock()
+        self._lock_fd: Optional[int] = None
+        self._session_depth = 0
+        self._session_started = 0.0
 
     def _read_version(self) -> str:
         try:
@@ -90,16 +106,17 @@ class _SharedShard:
         with open(tmp, "w") as f:
             f.write(uuid.uuid4().hex)
         os.replace(tmp, self._version_path)
+        self._loaded_version = self._read_version()
 
-    def _ensure_fresh(self) -> qe.EdgeShard:
-        version = self._read_version()
-        if self._shard is None or version != self._loaded_version:
-            if self._shard is not None:
-                self._shard.close()
-                self._shard = None
-            self._shard = qe.EdgeShard.load(self.shard_dir)
-            self._loaded_version = version
+    def _load(self) -> qe.EdgeShard:
+        if self._shard is not None:
+            self._shard.close()
+            self._shard = None
+        self._shard = qe.EdgeShard.load(self.shard_dir)
         return self._shard
+
+    def _is_fresh(self) -> bool:
+        return self._shard is not None and self._read_version() == self._loaded_version
 
     @contextlib.contextmanager
     def _flock(self, mode: int):
@@ -111,26 +128,85 @@ class _SharedShard:
             ) from None
         try:
             fcntl.flock(fd, mode)
-            yield
+            yield fd
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[qe.EdgeShard]:
-        with self._thread_lock, self._flock(fcntl.LOCK_SH):
-            yield self._ensure_fresh()
+        with self._thread_lock:
+            if self._session_depth:  # inside our own write session
+                yield self._shard
+                return
+            while True:
+                if not self._is_fresh():
+                    with self._flock(fcntl.LOCK_EX):
+                        if not self._is_fresh():
+                            self._load()
+                            self._loaded_version = self._read_version()
+                with self._flock(fcntl.LOCK_SH):
+                    if self._is_fresh():  # else a writer got in: reload
+                        yield self._shard
+                        return
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The write lock alone, for sidecar files (metadata)."""
+        with self._thread_lock, self._flock(fcntl.LOCK_EX):
+            yield
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[qe.EdgeShard]:
-        with self._thread_lock, self._flock(fcntl.LOCK_EX):
-            shard = self._ensure_fresh()
+        """One write, or a whole session of them when nested in
+        :meth:`session`; durable (flushed) when the block exits."""
+        with self.session():
             try:
-                yield shard
+                yield self._shard
             finally:
-                shard.flush()
-                self._bump_version()
-                self._loaded_version = self._read_version()
+                self._shard.flush()
+                if time.monotonic() - self._session_started > self.CONSOLIDATE_EVERY_S:
+                    self._consolidate()
+                    # let readers in, then take the lock back
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                    self._begin()
+
+    def _begin(self) -> None:
+        if not self._is_fresh():
+            self._load()
+        # Bumped first: if this process dies mid-session, every other
+        # process reloads instead of trusting its in-memory state
+        self._bump_version()
+        self._session_started = time.monotonic()
+
+    def _consolidate(self) -> None:
+        self._shard.flush()
+        self._load()
+        self._bump_version()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Holds the write lock across many writes (one consolidation)."""
+        with self._thread_lock:
+            if self._session_depth:
+                self._session_depth += 1
+                try:
+                    yield
+                finally:
+                    self._session_depth -= 1
+                return
+            with self._flock(fcntl.LOCK_EX) as fd:
+                self._lock_fd = fd
+                self._session_depth = 1
+                try:
+                    self._begin()
+                    yield
+                finally:
+                    self._session_depth = 0
+                    self._lock_fd = None
+                    if self._shard is not None:
+                        self._consolidate()
 
     def close(self) -> None:
         with self._thread_lock:
@@ -277,7 +353,7 @@ class EmbeddedStore(VectorStore):
         return dict(self._read_json(name).get("metadata") or {})
 
     def set_metadata(self, name: str, metadata: Dict[str, Any]) -> None:
-        with self._shared(name).writing():
+        with self._shared(name).exclusive():
             doc = self._read_json(name)
             doc["metadata"] = metadata
             self._write_json(self._dir(name), doc)
@@ -310,6 +386,10 @@ class EmbeddedStore(VectorStore):
             points = [qe.Point(i, v, p) for i, v, p in zip(ids, rows, payloads)]
         with self._shared(name).writing() as shard:
             shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def batch(self, name: str):
+        """Holds the write lock across many writes, consolidating once."""
+        return self._shared(name).session()
 
     def upsert_points(self, name: str, points: List[qe.Point]) -> None:
         """Raw Edge points (any vector kinds), for the streaming sink."""

@@ -11,8 +11,9 @@ vectors travel as lists and ``float32`` arrays, never one point at a time.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -153,6 +154,11 @@ class VectorStore(abc.ABC):
         search_params: Optional[Dict[str, Any]] = None,
     ) -> List[List[Hit]]:
         """Nearest neighbours of each row of ``vectors``, in one engine call."""
+
+    def batch(self, name: str) -> ContextManager[None]:
+        """Groups many writes to one collection (embedded stores hold their
+        write lock and consolidate once); a no-op for servers."""
+        return contextlib.nullcontext()
 
     def optimize(self, name: str) -> None:
         """Builds indexes (HNSW); servers do this on their own."""

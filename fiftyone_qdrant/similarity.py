@@ -541,7 +541,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
         point_ids = self._point_ids_for_write(keys)
         normalize = self.config.metric == "cosine"
-        with fou.ProgressBar(total=len(keys), progress=progress) as pb:
+        with fou.ProgressBar(total=len(keys), progress=progress) as pb, self.store.batch(self.collection_name):
             for start in range(0, len(keys), batch_size):
                 stop = start + batch_size
                 batch = embeddings[start:stop]
@@ -663,8 +663,9 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
 
         point_ids = [found[k].id for k in keys if k in found]
-        for start in range(0, len(point_ids), _PAGE_SIZE):
-            self.store.delete(self.collection_name, point_ids[start : start + _PAGE_SIZE])
+        with self.store.batch(self.collection_name):
+            for start in range(0, len(point_ids), _PAGE_SIZE):
+                self.store.delete(self.collection_name, point_ids[start : start + _PAGE_SIZE])
         self._ids_cache = None
         if reload:
             self.reload()
