@@ -387,6 +387,12 @@ class EmbeddedStore(VectorStore):
         with self._shared(name).writing() as shard:
             shard.update(qe.UpdateOperation.upsert_points(points))
 
+    def shard(self, name: str) -> qe.EdgeShard:
+        """The collection's ``EdgeShard``, freshly loaded if another process
+        changed it. Writing to it directly bypasses our locking."""
+        with self._shared(name).reading() as shard:
+            return shard
+
     def batch(self, name: str):
         """Holds the write lock across many writes, consolidating once."""
         return self._shared(name).session()

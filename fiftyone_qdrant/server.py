@@ -47,6 +47,16 @@ class ServerStore(VectorStore):
             ) from None
         self._api_key = api_key
 
+    @classmethod
+    def from_client(cls, client: QdrantClient, location: str = "Qdrant client") -> "ServerStore":
+        """Wraps an existing client (e.g. qdrant-client's local mode, which
+        speaks the same API as a server)."""
+        store = cls.__new__(cls)
+        store.client = client
+        store.location = location
+        store._api_key = None
+        return store
+
     def _call(self, fn, *args, **kwargs):
         """Runs a client call, turning transport failures into one clear
         error that never carries the API key."""
@@ -151,7 +161,7 @@ class ServerStore(VectorStore):
     def upsert(self, name, ids, vectors, payloads, vector_name=None) -> None:
         rows = np.asarray(vectors, dtype=np.float32).tolist()
         if vector_name:
-            rows = [{vector_name: v} for v in rows]
+            rows = {vector_name: rows}
         self._call(
             self.client.upsert,
             collection_name=name,

@@ -350,7 +350,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         store = self.store
         if hasattr(store, "client"):
             return store.client
-        return store._shared(self.collection_name)._ensure_fresh()
+        return store.shard(self.collection_name)
 
     @property
     def collection_name(self) -> str:
