@@ -18,6 +18,7 @@ before the lock is released.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -27,6 +28,7 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -65,6 +67,23 @@ def validate_collection_name(name: str) -> str:
     return name
 
 
+# Handles must be closed by _SharedShard.close(), never dropped by the
+# interpreter's teardown, which would flush a stale one unlocked (see
+# _SharedShard._load). So every _SharedShard still open at exit is closed
+# then, and one garbage-collected while open is kept until then.
+_live_shards: "weakref.WeakSet[_SharedShard]" = weakref.WeakSet()
+_parked_shards: List["_SharedShard"] = []
+
+
+@atexit.register
+def _close_shards_at_exit() -> None:
+    for shared in list(_live_shards) + _parked_shards:
+        try:
+            shared.close()
+        except Exception:
+            pass
+
+
 class _SharedShard:
     """One collection directory, shared safely between processes.
 
@@ -91,6 +110,10 @@ class _SharedShard:
         self._lock_fd: Optional[int] = None
         self._session_depth = 0
         self._session_started = 0.0
+        _live_shards.add(self)
+        # exact point count of the loaded shard, reset on every (re)load and
+        # write: counting costs as much as an exact query
+        self._count: Optional[int] = None
 
     def _read_version(self) -> str:
         try:
@@ -108,12 +131,29 @@ class _SharedShard:
         os.replace(tmp, self._version_path)
         self._loaded_version = self._read_version()
 
-    def _load(self) -> qe.EdgeShard:
-        if self._shard is not None:
-            self._shard.close()
-            self._shard = None
-        self._shard = qe.EdgeShard.load(self.shard_dir)
-        return self._shard
+    def _load(self, own: bool = False) -> qe.EdgeShard:
+        """(Re)loads the shard. ``own``: the handle we hold has just been
+        flushed by us (a consolidation); else it may be *stale* (another
+        process wrote since we loaded it).
+
+        Closing (or dropping) a stale handle flushes its old in-memory
+        state over the newer files (vector count, payload tracker, segment
+        version): points stay counted but become unsearchable, for good.
+        So a stale handle is only closed after the new one is loaded, and
+        the new one is flushed right after, which rewrites those files
+        from the current state. Callers hold the exclusive lock.
+        """
+        self._count = None
+        old, self._shard = self._shard, None
+        if old is not None and own:
+            old.close()
+            old = None
+        new = qe.EdgeShard.load(self.shard_dir)
+        if old is not None:
+            old.close()
+            new.flush()
+        self._shard = new
+        return new
 
     def _is_fresh(self) -> bool:
         return self._shard is not None and self._read_version() == self._loaded_version
@@ -159,12 +199,15 @@ class _SharedShard:
     @contextlib.contextmanager
     def writing(self) -> Iterator[qe.EdgeShard]:
         """One write, or a whole session of them when nested in
-        :meth:`session`; durable (flushed) when the block exits."""
+        :meth:`session`; durable (flushed) when the session exits or is
+        consolidated."""
         with self.session():
             try:
                 yield self._shard
             finally:
-                self._shard.flush()
+                self._count = None
+                # no flush per write: the session's consolidation flushes
+                # (a flush costs as much as writing ~1000 vectors)
                 if time.monotonic() - self._session_started > self.CONSOLIDATE_EVERY_S:
                     self._consolidate()
                     # let readers in, then take the lock back
@@ -182,7 +225,7 @@ class _SharedShard:
 
     def _consolidate(self) -> None:
         self._shard.flush()
-        self._load()
+        self._load(own=True)
         self._bump_version()
 
     @contextlib.contextmanager
@@ -208,11 +251,30 @@ class _SharedShard:
                     if self._shard is not None:
                         self._consolidate()
 
+    def count(self) -> int:
+        with self.reading() as shard:
+            if self._count is None:
+                self._count = shard.count(qe.CountRequest(exact=True))
+            return self._count
+
+    def __del__(self):
+        if self._shard is not None:
+            _parked_shards.append(self)  # closed (safely) at exit
+
     def close(self) -> None:
+        """Closes the handle under the exclusive lock: a handle that went
+        stale is swapped for a fresh one first (see :meth:`_load`)."""
         with self._thread_lock:
             if self._shard is not None:
-                self._shard.close()
+                try:
+                    with self._flock(fcntl.LOCK_EX):
+                        if not self._is_fresh():
+                            self._load()
+                        self._shard.close()
+                except CollectionNotFoundError:  # deleted: nothing to protect
+                    self._shard.close()
                 self._shard = None
+            self._count = None
 
 
 class EmbeddedStore(VectorStore):
@@ -317,7 +379,10 @@ class EmbeddedStore(VectorStore):
                     % (name, self.location)
                 )
             shutil.rmtree(final_dir, ignore_errors=True)  # a crashed attempt
-            tmp_dir = os.path.join(self._collections_dir, ".tmp-%s-%s" % (name, uuid.uuid4().hex[:8]))
+            for entry in os.listdir(self._collections_dir):
+                if entry.startswith(".tmp-"):  # creations killed half way (we hold the lock)
+                    shutil.rmtree(os.path.join(self._collections_dir, entry), ignore_errors=True)
+            tmp_dir = os.path.join(self._collections_dir, ".tmp-%s" % uuid.uuid4().hex)  # never longer than a name
             os.makedirs(tmp_dir)
             shard = qe.EdgeShard.create(os.path.join(tmp_dir, "shard"), edge_config)
             for field in keyword_fields:
@@ -367,7 +432,7 @@ class EmbeddedStore(VectorStore):
                     shared.close()
             if not os.path.isdir(directory):
                 return
-            trash = os.path.join(self._collections_dir, ".trash-%s-%s" % (name, uuid.uuid4().hex[:8]))
+            trash = os.path.join(self._collections_dir, ".trash-%s" % uuid.uuid4().hex)
             os.rename(directory, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -412,8 +477,7 @@ class EmbeddedStore(VectorStore):
         return [_record(r, with_vectors, vector_name) for r in records]
 
     def count(self, name) -> int:
-        with self._shared(name).reading() as shard:
-            return shard.count(qe.CountRequest(exact=True))
+        return self._shared(name).count()
 
     def revision(self, name) -> Optional[str]:
         return self._shared(name)._read_version()

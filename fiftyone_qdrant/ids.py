@@ -27,6 +27,13 @@ def validate_ids(ids: Iterable[object], kind: str = "sample") -> List[str]:
     one (a wrong type, a non-ObjectId string)."""
     if isinstance(ids, str):
         ids = [ids]
+    try:
+        ids = iter(ids)
+    except TypeError:
+        raise InvalidInputError(
+            "Invalid %s ids %r: expected a list of 24-character hex ObjectId strings "
+            "such as `dataset.values('id')`" % (kind, ids)
+        ) from None
 
     out = []
     for value in ids:

@@ -101,14 +101,7 @@ def is_interrupted_build(samples, key: str, config) -> bool:
     stored = run_doc.config or {}
     if stored.get("method") != "qdrant":
         return False
-    name = config.collection_name or _default_collection_name(dataset.name, key)
-    return stored.get("collection_name") in (None, name)
-
-
-def _default_collection_name(dataset_name: str, brain_key: str) -> str:
-    import fiftyone.core.utils as fou
-
-    return ("fiftyone-%s-%s" % (fou.to_slug(dataset_name), fou.to_slug(brain_key)))[:200]
+    return config.collection_name is None or stored.get("collection_name") == config.collection_name
 
 
 def list_indexes(**connection) -> List[Dict[str, Any]]:

@@ -31,6 +31,8 @@ class ServerStore(VectorStore):
         timeout: Optional[float] = None,
     ):
         self.location = "Qdrant server at '%s'" % url
+        if prefer_grpc:
+            self.location += " (gRPC port %d)" % (grpc_port or 6334)
         kwargs: Dict[str, Any] = {"url": url, "api_key": api_key, "prefer_grpc": bool(prefer_grpc)}
         if grpc_port is not None:
             kwargs["grpc_port"] = int(grpc_port)
@@ -40,11 +42,14 @@ class ServerStore(VectorStore):
             kwargs["timeout"] = int(timeout) if float(timeout).is_integer() else timeout
         try:
             self.client = QdrantClient(**kwargs)
+            error = None
         except Exception as e:
-            raise ConnectionFailedError(
+            error = ConnectionFailedError(
                 "Could not set up a Qdrant client for the %s: %s. Check the "
                 "`url`, `grpc_port` and `prefer_grpc` settings" % (self.location, _safe(e, api_key))
-            ) from None
+            )
+        if error is not None:
+            raise error  # outside the except block: nothing chained (see _call)
         self._api_key = api_key
 
     @classmethod
@@ -65,21 +70,33 @@ class ServerStore(VectorStore):
         except (CollectionNotFoundError, ConfigError):
             raise
         except Exception as e:
-            text = _safe(e, self._api_key)
-            if "Not found" in text or "doesn't exist" in text or "404" in text:
-                raise CollectionNotFoundError(
-                    "Qdrant collection not found on the %s: %s" % (self.location, text)
-                ) from None
-            if "401" in text or "403" in text or "nauthorized" in text or "PERMISSION_DENIED" in text or "UNAUTHENTICATED" in text:
-                raise ConnectionFailedError(
-                    "The %s rejected the API key. Set a valid key with `api_key=` "
-                    "or FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY" % self.location
-                ) from None
-            raise ConnectionFailedError(
-                "Request to the %s failed: %s. Check that the server is running "
-                "and that `url`, `grpc_port`, `prefer_grpc` and `timeout` are right"
-                % (self.location, text)
-            ) from None
+            error = self._translate(e)
+        # Raised outside the except block so that the client's exception,
+        # whose text or response body may echo the API key, is not chained
+        # to ours as __context__
+        raise error
+
+    def _translate(self, e: Exception) -> Exception:
+        text = _safe(e, self._api_key)
+        # HTTP status or gRPC code, not digits in the text (a port such as
+        # 40401 in a connection error is no HTTP 401)
+        status = getattr(e, "status_code", None)
+        try:
+            code = getattr(e.code(), "name", None) if callable(getattr(e, "code", None)) else None
+        except Exception:
+            code = None
+        if status == 404 or code == "NOT_FOUND" or "Not found" in text or "doesn't exist" in text:
+            return CollectionNotFoundError("Qdrant collection not found on the %s: %s" % (self.location, text))
+        if status in (401, 403) or code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            return ConnectionFailedError(
+                "The %s rejected the API key. Set a valid key with `api_key=` "
+                "or FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY" % self.location
+            )
+        return ConnectionFailedError(
+            "Request to the %s failed: %s. Check that the server is running "
+            "and that `url`, `grpc_port`, `prefer_grpc` and `timeout` are right"
+            % (self.location, text)
+        )
 
     # -- collections --------------------------------------------------------
 

@@ -48,6 +48,7 @@ _PAGE_SIZE = 1000
 
 # A view this small is sent to Qdrant as an id filter; larger views are
 # answered by oversampling, so a query never ships more than this many ids
+# (or 6 * sqrt(index size), see _max_filter_ids())
 _MAX_FILTER_IDS = 1000
 
 
@@ -55,12 +56,16 @@ def _model_fields(model_cls) -> Tuple[str, ...]:
     return tuple(model_cls.model_fields)
 
 
-def _validate_partial(name: str, value: Any, model_cls) -> Optional[Dict[str, Any]]:
+def _validate_partial(name: str, value: Any, model_name: str) -> Optional[Dict[str, Any]]:
     """Checks a partial Qdrant config dict against qdrant-client's model."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise ConfigError("`%s` must be a dict, got %r" % (name, value))
+    # imported only when needed: importing qdrant_client takes ~2 s
+    from qdrant_client import models as qm
+
+    model_cls = getattr(qm, model_name)
     allowed = _model_fields(model_cls)
     unknown = sorted(set(value) - set(allowed))
     if unknown:
@@ -72,6 +77,12 @@ def _validate_partial(name: str, value: Any, model_cls) -> Optional[Dict[str, An
     except Exception as e:
         raise ConfigError("Invalid `%s` %r: %s" % (name, value, e)) from None
     return dict(value)
+
+
+def _float32_chunks(embeddings: np.ndarray, rows: int = 8192):
+    """(start row, float32 chunk) pairs covering ``embeddings``."""
+    for start in range(0, len(embeddings), rows):
+        yield start, np.asarray(embeddings[start : start + rows], dtype=np.float32)
 
 
 def _positive_int(name: str, value: Any) -> Optional[int]:
@@ -132,8 +143,6 @@ class QdrantSimilarityConfig(SimilarityConfig):
         model_spec: Optional[dict] = None,
         **kwargs,
     ):
-        from qdrant_client import models as qm
-
         from .embedded import validate_collection_name
 
         metric = metric or "cosine"
@@ -163,10 +172,10 @@ class QdrantSimilarityConfig(SimilarityConfig):
         self.replication_factor = _positive_int("replication_factor", replication_factor)
         self.shard_number = _positive_int("shard_number", shard_number)
         self.write_consistency_factor = _positive_int("write_consistency_factor", write_consistency_factor)
-        self.hnsw_config = _validate_partial("hnsw_config", hnsw_config, qm.HnswConfigDiff)
-        self.optimizers_config = _validate_partial("optimizers_config", optimizers_config, qm.OptimizersConfigDiff)
-        self.wal_config = _validate_partial("wal_config", wal_config, qm.WalConfigDiff)
-        self.search_params = _validate_partial("search_params", search_params, qm.SearchParams)
+        self.hnsw_config = _validate_partial("hnsw_config", hnsw_config, "HnswConfigDiff")
+        self.optimizers_config = _validate_partial("optimizers_config", optimizers_config, "OptimizersConfigDiff")
+        self.wal_config = _validate_partial("wal_config", wal_config, "WalConfigDiff")
+        self.search_params = _validate_partial("search_params", search_params, "SearchParams")
         self.vector_name = vector_name
         self.path = path
         self.timeout = timeout
@@ -266,15 +275,20 @@ class QdrantSimilarity(Similarity):
         # A build killed before it saved results leaves a run without
         # results; re-running the same build replaces it and resumes
         if key is not None and not overwrite and records.is_interrupted_build(samples, key, self.config):
+            # resume in the collection the interrupted build was writing
+            stored = samples._root_dataset._doc.brain_methods[key].config or {}
+            if self.config.collection_name is None:
+                self.config.collection_name = stored.get("collection_name")
             type(self).delete_run(samples, key, cleanup=False)
         super().register_run(samples, key, overwrite=overwrite, cleanup=cleanup)
 
     @classmethod
     def save_run_results(cls, samples, key, run_results, overwrite=True, cache=True):
         super().save_run_results(samples, key, run_results, overwrite=overwrite, cache=cache)
+        if run_results is not None:
+            run_results._building = False  # the build is over, with or without a brain key
         if run_results is None or key is None:
             return
-        run_results._building = False
         store = run_results.store
         if store.collection_exists(run_results.collection_name):
             spec = run_results.spec
@@ -333,7 +347,14 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             root = "fiftyone-" + fou.to_slug(self._samples._root_dataset.name)
             if self.key:
                 root += "-" + fou.to_slug(self.key)
-            self.config.collection_name = root[:200]
+            root = root[:200]
+            # A collection left by a renamed or deleted run keeps its vectors:
+            # a new run gets a name of its own instead of writing into it
+            name, suffix = root, 1
+            while self.store.collection_exists(name):
+                suffix += 1
+                name = "%s-%d" % (root, suffix)
+            self.config.collection_name = name
             if self.key is not None:
                 self.save_config()
 
@@ -514,6 +535,11 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 "new index under another brain_key/collection_name"
                 % (dimension, self.collection_name, spec.dimension)
             )
+        if getattr(self, "_building", False):
+            if spec is not None:
+                self._check_build_target()
+        else:  # a build's ids come from the dataset itself
+            self._check_ids_in_dataset(sample_ids)
 
         if not overwrite or not allow_existing or warn_existing:
             existing = set(self._lookup(keys, with_vectors=False)) if spec is not None else set()
@@ -544,21 +570,54 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         with fou.ProgressBar(total=len(keys), progress=progress) as pb, self.store.batch(self.collection_name):
             for start in range(0, len(keys), batch_size):
                 stop = start + batch_size
-                batch = embeddings[start:stop]
-                payloads = []
-                norms = np.linalg.norm(batch, axis=1) if normalize else None
-                for i in range(len(batch)):
-                    payload = {"sample_id": sample_ids[start + i]}
-                    if label_ids is not None:
-                        payload["label_id"] = label_ids[start + i]
-                    if norms is not None:
-                        payload[_NORM_KEY] = float(norms[i])
-                    payloads.append(payload)
+                batch = np.asarray(embeddings[start:stop], dtype=np.float32)
+                payloads = [{"sample_id": sid} for sid in sample_ids[start:stop].tolist()]
+                if label_ids is not None:
+                    for payload, lid in zip(payloads, label_ids[start:stop].tolist()):
+                        payload["label_id"] = lid
+                if normalize:
+                    for payload, norm in zip(payloads, np.linalg.norm(batch, axis=1).tolist()):
+                        payload[_NORM_KEY] = norm
                 self.store.upsert(
                     self.collection_name, point_ids[start:stop], batch, payloads, vector_name=self.config.vector_name
                 )
                 pb.update(len(batch))
         self._ids_cache = None
+
+    def _check_build_target(self) -> None:
+        """A build writes into an existing collection only if it has no run
+        records (e.g. written by a pipeline) or holds this very run (a
+        killed build being resumed): never into the index of another run or
+        dataset, whose vectors it would overwrite or mix with its own."""
+        runs = list((self.store.get_metadata(self.collection_name).get(records.RUNS_KEY) or {}).values())
+        dataset = self._samples._root_dataset
+        dataset_id = str(dataset._doc.id)
+        if not runs or any(r.get("dataset_id") == dataset_id and r.get("brain_key") == self.key for r in runs):
+            return
+        owner = runs[0]
+        raise ConfigError(
+            "Qdrant collection '%s' already holds the index of dataset '%s' (brain key %r); building "
+            "brain key %r of dataset '%s' into it would overwrite or mix its vectors. Pass another "
+            "`collection_name`, or `embeddings=False` to attach the existing index as it is"
+            % (self.collection_name, owner.get("dataset_name"), owner.get("brain_key"), self.key, dataset.name)
+        )
+
+    def _check_ids_in_dataset(self, sample_ids: np.ndarray) -> None:
+        """Ids of another dataset would become points that no view of this
+        one can show, and that crowd out real neighbours."""
+        from bson import ObjectId
+
+        dataset = self._samples._root_dataset
+        unique = list(dict.fromkeys(sample_ids.tolist()))
+        for start in range(0, len(unique), 50000):
+            batch = unique[start : start + 50000]
+            found = dataset._sample_collection.distinct("_id", {"_id": {"$in": [ObjectId(i) for i in batch]}})
+            missing = set(batch) - {str(i) for i in found}
+            if missing:
+                raise InvalidInputError(
+                    "%d sample id(s) (eg %s) are not in dataset '%s'; an index holds embeddings of "
+                    "its own dataset's samples only" % (len(missing), sorted(missing)[0], dataset.name)
+                )
 
     def _point_ids_for_write(self, keys: Sequence[str]) -> List[str]:
         if self._uses_payload_ids():
@@ -568,8 +627,11 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return idmap.to_point_ids(keys)
 
     def _validate_additions(self, embeddings, sample_ids, label_ids):
-        embeddings = np.asarray(embeddings)
-        if embeddings.dtype == object or not np.issubdtype(embeddings.dtype, np.number):
+        try:
+            embeddings = np.asarray(embeddings)
+        except ValueError:  # ragged rows
+            raise InvalidInputError("Embeddings must be a 2-d array of numbers; got rows of different lengths") from None
+        if embeddings.dtype == object or not np.issubdtype(embeddings.dtype, np.number) or np.iscomplexobj(embeddings):
             raise InvalidInputError("Embeddings must be a numeric array, got dtype %s" % embeddings.dtype)
         if embeddings.ndim == 1 and embeddings.size > 0:
             embeddings = embeddings[np.newaxis, :]
@@ -598,13 +660,18 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             return embeddings.astype(np.float32), sample_ids, label_ids
         if embeddings.shape[1] == 0:
             raise InvalidInputError("Embeddings have zero dimensions")
-        embeddings = embeddings.astype(np.float32, copy=False)
-        if not np.isfinite(embeddings).all():
-            bad = int(np.flatnonzero(~np.isfinite(embeddings).all(axis=1))[0])
-            raise InvalidInputError(
-                "Embedding %d (id %s) contains NaN or inf; fix or drop it before indexing"
-                % (bad, (label_ids if label_ids is not None else sample_ids)[bad])
-            )
+        # Checked (and later written) in float32 chunks: never a second
+        # full-size copy or temporary of a possibly huge array
+        for start, chunk in _float32_chunks(embeddings):
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = np.isfinite(chunk).all(axis=1) & np.isfinite(np.linalg.norm(chunk, axis=1))
+            if not finite.all():
+                bad = start + int(np.flatnonzero(~finite)[0])
+                raise InvalidInputError(
+                    "Embedding %d (id %s) contains NaN or inf (or values so large that its norm "
+                    "overflows float32); fix or drop it before indexing"
+                    % (bad, (label_ids if label_ids is not None else sample_ids)[bad])
+                )
         keys = label_ids if label_ids is not None else sample_ids
         unique, counts = np.unique(keys, return_counts=True)
         if (counts > 1).any():
@@ -612,11 +679,14 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 "Id %s appears %d times in this batch; each id may be added once"
                 % (unique[counts > 1][0], counts[counts > 1][0])
             )
-        if self.config.metric == "cosine" and (np.linalg.norm(embeddings, axis=1) == 0).any():
-            bad = int(np.flatnonzero(np.linalg.norm(embeddings, axis=1) == 0)[0])
-            raise InvalidInputError(
-                "Embedding %d (id %s) is all zeros, which has no cosine similarity; drop it" % (bad, keys[bad])
-            )
+        if self.config.metric == "cosine":
+            for start, chunk in _float32_chunks(embeddings):
+                zero = np.linalg.norm(chunk, axis=1) == 0
+                if zero.any():
+                    bad = start + int(np.flatnonzero(zero)[0])
+                    raise InvalidInputError(
+                        "Embedding %d (id %s) is all zeros, which has no cosine similarity; drop it" % (bad, keys[bad])
+                    )
         return embeddings, sample_ids, label_ids
 
     def _create_collection(self, dimension: int) -> None:
@@ -767,10 +837,15 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             raise InvalidInputError("A query is required")
         if etau.is_str(query):
             return self._vectors_of_ids([query]), True
-        if isinstance(query, np.ndarray) and np.issubdtype(query.dtype, np.number):
+        if isinstance(query, np.ndarray) and np.issubdtype(query.dtype, np.number) and not np.iscomplexobj(query):
             vectors = query
         else:
-            items = list(query)
+            try:
+                items = list(query)
+            except TypeError:
+                raise InvalidInputError(
+                    "Invalid query %r: pass an id, a list of ids, a vector or an array of vectors" % (query,)
+                ) from None
             if not items:
                 raise InvalidInputError("At least one query must be provided")
             if all(isinstance(x, str) for x in items):
@@ -789,8 +864,11 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 "Query vectors have shape %s but the index stores %d-d vectors"
                 % (vectors.shape, spec.dimension)
             )
-        if not np.isfinite(vectors).all():
-            raise InvalidInputError("Query vectors contain NaN or inf")
+        if len(vectors) == 0:
+            raise InvalidInputError("At least one query must be provided")
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not (np.isfinite(vectors).all() and np.isfinite(np.linalg.norm(vectors, axis=1)).all()):
+                raise InvalidInputError("Query vectors contain NaN or inf (or values whose norm overflows float32)")
         return vectors, single
 
     def _vectors_of_ids(self, query_ids: List[str]) -> np.ndarray:
@@ -834,7 +912,6 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                     "those metrics" % self.config.metric
                 )
             vectors = -vectors
-        allowed = self._current_keys()
         want = total if k is None else min(k, total)
         name, vector_name, params = self.collection_name, self.config.vector_name, self.config.search_params
 
@@ -847,11 +924,17 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 vector_name=vector_name, search_params=params,
             )
 
+        view = self._lazy_view(k, score_threshold)
+        if view is not None:
+            results = self._search_in_view(view, run, len(vectors), want, total)
+            if results is not None:
+                return results
+        allowed = self._current_keys()
         if allowed is None:
             return run(want)
         if len(allowed) == 0:
             return [[] for _ in vectors]
-        if len(allowed) <= _MAX_FILTER_IDS:
+        if len(allowed) <= self._max_filter_ids(total):
             return run(min(want, len(allowed)), self._restriction(list(allowed)))
 
         allowed_set = set(allowed.tolist())
@@ -862,6 +945,88 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             if limit >= total or all(len(r) >= want for r in results):
                 return [r[:want] for r in results]
             limit = min(total, limit * 4)
+
+    @staticmethod
+    def _max_filter_ids(total: int) -> int:
+        """The largest view sent to Qdrant as an id filter. Filtering costs
+        ~10 us per id of the view (listing, converting, matching), and
+        oversampling ~20 us per candidate (2 k * total / view size of
+        them): for k = 10 they break even near 5 * sqrt(total) ids."""
+        return max(_MAX_FILTER_IDS, int(6 * math.sqrt(total)))
+
+    def _lazy_view(self, k, score_threshold):
+        """The current view when :meth:`_search` may test candidates against
+        it in MongoDB rather than list all of its ids (FiftyOne's
+        ``current_sample_ids``, which costs time in proportion to the view
+        on every ``use_view()``, so on every query of the App or of
+        ``view.sort_by_similarity()``): a top-k query of a sample index on a
+        plain view of the index's dataset whose ids are not listed yet, with
+        ``use_view()``'s default missing-ids handling."""
+        if k is None or score_threshold is not None or self.config.patches_field is not None:
+            return None
+        if self._curr_sample_ids is not None or self._curr_view_allow_missing is not True or self._curr_view_warn_missing:
+            return None
+        if not self.has_view:
+            return None
+        view = self._curr_view
+        try:
+            root = view._root_dataset
+            if (
+                view._is_generated
+                or view._is_dynamic_groups
+                or root is not self._samples._root_dataset
+                or root.media_type == "group"
+            ):
+                return None
+        except AttributeError:
+            return None
+        return view
+
+    def _search_in_view(self, view, run, num_queries: int, want: int, total: int):
+        """Top-``want`` hits per query within ``view``, without listing the
+        view's ids.
+
+        A view of at most :meth:`_max_filter_ids` samples (counted up to that
+        bound) goes to Qdrant as an id filter. For a larger view Qdrant
+        returns more neighbours than ``want``, enough if the view were just
+        over the bound (4x more if that is not enough), and MongoDB tells
+        which of them are in the view, best first and a few at a time: the
+        work follows ``k`` and the index size, never the view's size.
+        Returns None if that is still not enough (a view mostly outside the
+        index), for the caller to list the view's ids instead.
+        """
+        bound = self._max_filter_ids(total)
+        size = view.limit(bound + 1).count()
+        if size == 0:
+            return [[] for _ in range(num_queries)]
+        if size <= bound:
+            return run(min(want, size), self._restriction(view.values("id")))
+
+        in_view: Dict[str, bool] = {}
+        limit = min(total, math.ceil(want * total / bound * 2) + 16)
+        for attempt in range(2):
+            all_hits = run(limit)
+            longest = max((len(hits) for hits in all_hits), default=0)
+            checked, step = 0, 4 * want + 16
+            while True:
+                upto = min(longest, checked + step)
+                new = {self._hit_key(h) for hits in all_hits for h in hits[checked:upto]}
+                new = [key for key in new if key not in in_view]
+                if new:
+                    valid = [key for key in new if idmap.is_object_id(key)]
+                    members = set(view.select(valid).values("id")) if valid else set()
+                    in_view.update((key, key in members) for key in new)
+                checked = upto
+                results = [[h for h in hits[:checked] if in_view[self._hit_key(h)]] for hits in all_hits]
+                if all(len(r) >= want for r in results):
+                    return [r[:want] for r in results]
+                if checked >= longest:
+                    break
+                step *= 4
+            if limit >= total:
+                return results
+            limit = min(total, limit * 4)
+        return None
 
     def _hit_key(self, hit) -> str:
         if self.config.patches_field is not None:
@@ -934,7 +1099,13 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
         if thresh is None:
             raise InvalidInputError("A distance threshold is required")
-        threshold = self._dist_to_score_threshold(float(thresh))
+        try:
+            thresh = float(thresh)
+        except (TypeError, ValueError):
+            raise InvalidInputError("The distance threshold must be a number, got %r" % (thresh,)) from None
+        if not math.isfinite(thresh):
+            raise InvalidInputError("The distance threshold must be finite, got %r" % (thresh,))
+        threshold = self._dist_to_score_threshold(thresh)
         if query is None:
             keys, vectors = self._current_vectors()
             inds, dists = [], []
@@ -965,12 +1136,9 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         model = args.get("_model")
         if model is None or args.get("embeddings") is not None or args.get("embeddings_exist"):
             return
-        from .models import build_index_with_model
-
         self._model = model
         try:
-            build_index_with_model(
-                self,
+            self._stream_build(
                 samples=args["samples"],
                 model=model,
                 patches_field=args.get("patches_field"),
@@ -983,6 +1151,35 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             self._forget_failed_build()
             raise
         self._built_by_stream = self.total_index_size > 0
+
+    def _stream_build(self, samples, model, patches_field, batch_size, num_workers, skip_failures, progress):
+        """Embeds and upserts chunk by chunk; ids already in the collection
+        (an interrupted earlier build) are not embedded again."""
+        from .models import format_failures, iter_embedding_batches
+
+        existing = self.label_ids if patches_field is not None else self.sample_ids
+        batches = iter_embedding_batches(
+            samples, model, patches_field=patches_field, batch_size=batch_size, num_workers=num_workers,
+            skip_ids=set(existing.tolist()), progress=progress,
+        )
+        session = None
+        try:
+            for batch in batches:
+                self.add_to_index(
+                    batch.embeddings, batch.sample_ids, label_ids=batch.label_ids, reload=False, progress=False
+                )
+                if session is None:  # hold the write lock for the rest
+                    session = self.store.batch(self.collection_name)
+                    session.__enter__()
+        finally:
+            batches.close()
+            if session is not None:
+                session.__exit__(None, None, None)
+        if batches.failures:
+            if not skip_failures:
+                raise QdrantBackendError(format_failures(batches.failures))
+            logger.warning("%s", format_failures(batches.failures))
+        self.reload()
 
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):

@@ -8,19 +8,27 @@ triangles paired with captions such as ``"a red circle"``, and saves a local
 checkpoint. After training, the prompt ``"a red circle"`` ranks red circles
 first.
 
-From pytest (e.g. a session fixture in ``conftest.py``)::
+From pytest (e.g. a session fixture in ``conftest.py``; pytest puts
+``tests/`` on ``sys.path``). Training takes ~11 s on 2 idle cores, once:
+pytest's cache directory keeps the checkpoint across sessions, and
+``tests/test_models.py`` uses the same directory, so both share one
+training::
 
     import tiny_clip
 
     @pytest.fixture(scope="session")
-    def tiny_clip_model(tmp_path_factory):
-        return tiny_clip.ensure_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+    def tiny(request, tmp_path_factory) -> tiny_clip.TinyClip:
+        return tiny_clip.ensure_tiny_clip(request.config.cache.mkdir("tiny-clip"))
 
-    spec_kwargs = tiny_clip_model.model_kwargs  # {"pretrained": ..., "config_path": ...}
+    models.resolve_model("open_clip:" + tiny.arch, tiny.model_kwargs)  # or tiny.spec
+    images = tiny_clip.write_shape_images(tmp_path / "imgs", 27)  # 3 per caption
+    dataset = tiny_clip.build_shapes_dataset(images)  # ground_truth + shapes fields
 
-From a subprocess (prints JSON, see :func:`main`)::
+From a subprocess: the spec alone reloads the model, no import of this module
+is needed (``fiftyone_qdrant.models.load_model_from_spec(tiny.spec)``); to
+train or write images from a shell, use the CLI, which prints JSON::
 
-    python tests/tiny_clip.py train /tmp/tiny_clip
+    python tests/tiny_clip.py train /tmp/tiny_clip          # {"arch", "config_path", "checkpoint_path", ..., "spec"}
     python tests/tiny_clip.py images /tmp/shapes --count 30 --shapes-per-image 1
 
 It depends only on open_clip, torch and PIL (fiftyone is imported only by
@@ -32,13 +40,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 ARCH = "tiny-clip-test"
 COLORS: Dict[str, Tuple[int, int, int]] = {
@@ -53,12 +62,12 @@ CAPTIONS = tuple("a %s %s" % (color, shape) for color in COLORS for shape in SHA
 # gives 16 tokens, enough to tell a circle from a triangle
 MODEL_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 # Bump when the config, the data or the training recipe changes, so that a
 # cached checkpoint from an older recipe is not reused
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -71,6 +80,7 @@ class TinyClip:
     config_path: str
     checkpoint_path: str
     train_seconds: float
+    heldout_accuracy: float
 
     @property
     def model_kwargs(self) -> Dict[str, str]:
@@ -152,7 +162,7 @@ def draw_shapes_image(
     drawn = []
     for index, class_index in enumerate(class_indices):
         color, shape = CAPTIONS[class_index][2:].split(" ")
-        side = max(6, int(rng.uniform(0.3, 0.95) * min(strip, image_size)))
+        side = max(6, int(rng.uniform(0.55, 0.95) * min(strip, image_size)))
         x0 = int(index * strip) + rng.randint(0, max(0, int(strip) - side))
         y0 = rng.randint(0, image_size - side)
         x1, y1 = x0 + side - 1, y0 + side - 1
@@ -215,39 +225,41 @@ def build_shapes_dataset(images: Sequence[ShapeImage], name: Optional[str] = Non
     return dataset
 
 
-def ensure_tiny_clip(output_dir: PathLike, seed: int = 0, max_seconds: float = 25.0) -> TinyClip:
+def ensure_tiny_clip(output_dir: PathLike, seed: int = 0) -> TinyClip:
     """Trains the tiny model into ``output_dir``, or reuses a checkpoint there.
 
-    Safe to call from several processes: files are written atomically.
+    Safe to call from several processes: files are written atomically (two
+    processes may both train, one wins).
     """
+    import torch
+
     output_dir = Path(output_dir)
     config_path = register_config(output_dir)
     checkpoint_path = output_dir / ("%s-v%d-seed%d.pt" % (ARCH, RECIPE_VERSION, seed))
     info_path = checkpoint_path.with_suffix(".json")
-    if checkpoint_path.exists() and info_path.exists():
-        info = json.loads(info_path.read_text())
-        return TinyClip(ARCH, config_path, str(checkpoint_path), info["train_seconds"])
-
-    state_dict, train_seconds = train_tiny_clip(seed=seed, max_seconds=max_seconds)
-    import torch
-
-    with tempfile.NamedTemporaryFile(dir=output_dir, suffix=".tmp", delete=False) as tmp:
-        torch.save(state_dict, tmp)
-    os.replace(tmp.name, checkpoint_path)
-    _atomic_write_bytes(info_path, json.dumps({"train_seconds": train_seconds}).encode())
-    return TinyClip(ARCH, config_path, str(checkpoint_path), train_seconds)
+    if not (checkpoint_path.exists() and info_path.exists()):
+        state_dict, info = train_tiny_clip(seed=seed)
+        with tempfile.NamedTemporaryFile(dir=output_dir, suffix=".tmp", delete=False) as tmp:
+            torch.save(state_dict, tmp)
+        os.replace(tmp.name, checkpoint_path)
+        _atomic_write_bytes(info_path, json.dumps(info).encode())
+    info = json.loads(info_path.read_text())
+    return TinyClip(ARCH, config_path, str(checkpoint_path), info["train_seconds"], info["heldout_accuracy"])
 
 
-def train_tiny_clip(seed: int = 0, max_seconds: float = 25.0, batch_size: int = 144):
-    """Trains a fresh tiny model until retrieval is perfect on held-out images.
+def train_tiny_clip(seed: int = 0, steps: int = 300, per_class: int = 9) -> Tuple[Dict[str, Any], Dict[str, float]]:
+    """Trains a fresh tiny model on synthetic shapes for a fixed number of steps.
 
-    Each step contrasts a batch of images with the 9 distinct captions in both
-    directions (image -> caption, and caption -> all images of its class):
-    with only 9 captions, a plain CLIP batch would be full of duplicate
-    captions treated as negatives.
+    Each step draws a fresh class-balanced batch (a fixed pool overfits) and
+    contrasts it with the 9 distinct captions in both directions (image ->
+    caption, and caption -> all images of its class): with only 9 captions, a
+    plain CLIP batch would be full of duplicate captions treated as negatives.
+    Warmup, then cosine decay to zero: stopping early, at a high learning
+    rate, leaves a noticeably less reliable model. ~11 s on 2 idle cores;
+    held-out image -> caption accuracy ~99.9%, caption -> image precision 1.0.
 
     Returns:
-        ``(state_dict, seconds spent training)``
+        ``(state_dict, {"train_seconds": ..., "heldout_accuracy": ...})``
     """
     import open_clip
     import torch
@@ -259,59 +271,41 @@ def train_tiny_clip(seed: int = 0, max_seconds: float = 25.0, batch_size: int = 
     torch.manual_seed(seed)
     rng = random.Random(seed + 1)
     model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(ARCH)
-    caption_tokens = tokenizer(list(CAPTIONS))
+    caption_tokens = open_clip.get_tokenizer(ARCH)(list(CAPTIONS))
 
-    def make_batch(n: int):
-        class_indices = [rng.randrange(len(CAPTIONS)) for _ in range(n)]
-        pixels = torch.stack([preprocess(draw_shapes_image(rng, 64, class_indices=[c])[0]) for c in class_indices])
-        return pixels, torch.tensor(class_indices)
+    def make_batch(class_indices: Sequence[int]):
+        pixels = [preprocess(draw_shapes_image(rng, 64, class_indices=[c])[0]) for c in class_indices]
+        return torch.stack(pixels), torch.tensor(class_indices)
 
-    heldout_pixels, heldout_classes = make_batch(180)
-    pool = [make_batch(batch_size) for _ in range(12)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    balanced_classes = [index % len(CAPTIONS) for index in range(per_class * len(CAPTIONS))]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    warmup_steps = 50
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / steps))
+    )
     start = time.perf_counter()
-    step = 0
     model.train()
-    while time.perf_counter() - start < max_seconds:
-        pixels, classes = pool[step % len(pool)] if step < 60 else make_batch(batch_size)
+    for _ in range(steps):
+        pixels, classes = make_batch(balanced_classes)
         image_features = F.normalize(model.encode_image(pixels), dim=-1)
         text_features = F.normalize(model.encode_text(caption_tokens), dim=-1)
         logits = model.logit_scale.exp() * image_features @ text_features.t()
         same_class = F.one_hot(classes, len(CAPTIONS)).t().float()
         image_to_text = F.cross_entropy(logits, classes)
-        text_to_image = -(same_class * logits.t().log_softmax(dim=1)).sum(1).div(same_class.sum(1).clamp(min=1)).mean()
-        loss = image_to_text + text_to_image
+        text_to_image = -(same_class * logits.t().log_softmax(dim=1)).sum(1).div(same_class.sum(1)).mean()
         optimizer.zero_grad()
-        loss.backward()
+        (image_to_text + text_to_image).backward()
         optimizer.step()
-        step += 1
-        if step % 25 == 0 and _retrieval_is_perfect(model, caption_tokens, heldout_pixels, heldout_classes):
-            break
+        schedule.step()
+    train_seconds = time.perf_counter() - start
+
     model.eval()
-    return model.state_dict(), time.perf_counter() - start
-
-
-def _retrieval_is_perfect(model, caption_tokens, pixels, classes) -> bool:
-    """Every image's best caption is its own, and every caption's top-k images
-    (k = images of that class) are all of its class."""
-    import torch
-
-    was_training = model.training
-    model.eval()
+    heldout_pixels, heldout_classes = make_batch([rng.randrange(len(CAPTIONS)) for _ in range(270)])
     with torch.inference_mode():
-        image_features = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
-        text_features = torch.nn.functional.normalize(model.encode_text(caption_tokens), dim=-1)
-    model.train(was_training)
-    scores = image_features @ text_features.t()
-    if not bool((scores.argmax(1) == classes).all()):
-        return False
-    for class_index in range(len(caption_tokens)):
-        positives = int((classes == class_index).sum())
-        top = scores[:, class_index].topk(positives).indices
-        if not bool((classes[top] == class_index).all()):
-            return False
-    return True
+        image_features = F.normalize(model.encode_image(heldout_pixels), dim=-1)
+        text_features = F.normalize(model.encode_text(caption_tokens), dim=-1)
+    accuracy = float(((image_features @ text_features.t()).argmax(1) == heldout_classes).float().mean())
+    return model.state_dict(), {"train_seconds": train_seconds, "heldout_accuracy": accuracy}
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -327,7 +321,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train = commands.add_parser("train", help="train (or reuse) the tiny model; prints its TinyClip fields and spec")
     train.add_argument("output_dir")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-seconds", type=float, default=25.0)
     images = commands.add_parser("images", help="write shape PNGs; prints their paths and shapes")
     images.add_argument("output_dir")
     images.add_argument("--count", type=int, default=27)
@@ -337,7 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "train":
-        tiny = ensure_tiny_clip(args.output_dir, seed=args.seed, max_seconds=args.max_seconds)
+        tiny = ensure_tiny_clip(args.output_dir, seed=args.seed)
         result = {**dataclasses.asdict(tiny), "spec": tiny.spec}
     else:
         written = write_shape_images(args.output_dir, args.count, args.shapes_per_image, args.image_size, args.seed)

@@ -1,0 +1,226 @@
+"""The ``fiftyone-qdrant`` command.
+
+Each subcommand is a function in :data:`COMMANDS` that adds its parser to
+the argparse subparsers and sets ``run`` (``args -> exit status``); add a
+subcommand by appending one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Callable, List, Optional, Sequence
+
+from .errors import QdrantBackendError
+
+EXIT_OK = 0
+EXIT_DEAD_LETTERS = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
+
+DEFAULT_DEAD_LETTER = "qdrant-sink.dead-letter.jsonl"
+
+_SINK_DESCRIPTION = """\
+Stream vector records (JSON lines, the format of Qdrant's Fluvio/Kafka sink
+connectors) into Qdrant: the embedded store by default, or a server with --url.
+
+Each line is one record:
+  {"collection_name": "images", "id": 7, "vectors": [0.1, 0.2], "payload": {...}}
+id: unsigned integer or UUID string. vectors (alias: vector): a dense list
+(unnamed vector) or a map of name -> dense list | {"indices": [...],
+"values": [...]} (sparse) | list of lists (multi-vector). payload: optional.
+A record with an id and no vectors DELETES that point.
+
+Records are batched per collection; the last record for an id in a batch
+wins. Missing collections are created from their first record (dense sizes,
+sparse names, max-sim multi-vectors, --distance); a first record whose
+payload has sample_id/label_id gets keyword indexes on them, for FiftyOne.
+Transient errors are retried with backoff. Records that can never be
+written go to the dead-letter file with the reason. A file's byte offset is
+committed to the checkpoint file only after its records are written, so
+re-running resumes after a crash without loss or duplicates (stdin and
+pipes are not checkpointed).
+
+Exit status: 0 all written, 1 some records dead-lettered, 2 usage or
+configuration error, 3 stopped because Qdrant (or the Fluvio topic) stayed
+unavailable or refused writes: re-run to resume, 130 interrupted.
+"""
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where (embedded store by default)")
+    group.add_argument("--path", help="embedded store directory (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH "
+                                      "or ~/.fiftyone/qdrant)")
+    group.add_argument("--url", help="Qdrant server URL (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL)")
+    group.add_argument("--api-key", help="Qdrant API key (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY)")
+    group.add_argument("--grpc-port", type=int, help="the server's gRPC port")
+    group.add_argument("--prefer-grpc", action="store_true", default=None, help="talk gRPC to the server")
+    group.add_argument("--timeout", type=float, help="server request timeout in seconds")
+
+
+def _add_sink_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sink",
+        help="stream JSON-lines vector records (Qdrant connector format) into Qdrant",
+        description=_SINK_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="*", metavar="FILE", help="JSON-lines files; '-' or none: stdin")
+    _add_connection_arguments(parser)
+    writing = parser.add_argument_group("writing")
+    writing.add_argument("--distance", default="cosine",
+                         help="distance of created collections: cosine (default), dotproduct, euclidean, manhattan")
+    writing.add_argument("--batch-size", type=int, default=1000, help="points per write, per collection (1000)")
+    writing.add_argument("--max-delay", type=float, default=1.0,
+                         help="seconds a record may wait in a batch before it is written (1.0)")
+    writing.add_argument("--commit-interval", type=float, default=5.0,
+                         help="seconds between making writes durable and committing offsets (5)")
+    writing.add_argument("--max-retries", type=int, default=8,
+                         help="retries of a transient failure before stopping; -1: forever (8)")
+    writing.add_argument("--dead-letter", default=DEFAULT_DEAD_LETTER,
+                         help="JSONL file for records that cannot be written (%s)" % DEFAULT_DEAD_LETTER)
+    writing.add_argument("--checkpoint", help="offsets file (default: beside the dead-letter file)")
+    writing.add_argument("--from-start", action="store_true",
+                         help="ignore committed offsets and read inputs from the start")
+    fluvio = parser.add_argument_group("Fluvio source (pip install 'fiftyone-qdrant[fluvio]')")
+    fluvio.add_argument("--fluvio-topic", help="read this Fluvio topic instead of files")
+    fluvio.add_argument("--fluvio-partition", type=int, default=0, help="partition to read (0)")
+    fluvio.add_argument("--fluvio-endpoint", help="Fluvio SC address host:port (default: the current Fluvio profile)")
+    fluvio.add_argument("--connector-config", help="the reference connector's config.yaml (meta.topic, qdrant.url, "
+                                                   "qdrant.api_key with ${{ secrets.NAME }})")
+    fluvio.add_argument("--secrets", help="connector secrets file (NAME=value lines); the environment is the fallback")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    output.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    parser.set_defaults(run=_run_sink)
+
+
+def _run_sink(args: argparse.Namespace) -> int:
+    from . import sink
+
+    url, api_key, topic = args.url, args.api_key, args.fluvio_topic
+    if args.connector_config:
+        connector = sink.load_connector_config(args.connector_config, args.secrets)
+        url = url or connector.url
+        api_key = api_key or connector.api_key
+        topic = topic or connector.topic
+    if topic and args.inputs:
+        raise QdrantBackendError("Read either files or a Fluvio topic, not both")
+    if args.fluvio_endpoint and not topic:
+        raise QdrantBackendError("--fluvio-endpoint needs --fluvio-topic or --connector-config with meta.topic")
+
+    checkpoint_path = args.checkpoint or args.dead_letter + ".checkpoint.json"
+    checkpoint = sink.Checkpoint(checkpoint_path)
+    if topic:
+        sources = [sink.FluvioSource(topic, args.fluvio_partition, checkpoint, args.fluvio_endpoint, args.from_start)]
+    else:
+        inputs = args.inputs or ["-"]
+        sources = [sink.file_source(p, checkpoint, args.from_start) for p in inputs]
+
+    target = sink.open_target(url=url, api_key=api_key, path=args.path, grpc_port=args.grpc_port,
+                              prefer_grpc=args.prefer_grpc, timeout=args.timeout)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with sink.QdrantSink(
+            target,
+            distance=args.distance,
+            batch_size=args.batch_size,
+            max_delay_s=args.max_delay,
+            commit_interval_s=args.commit_interval,
+            dead_letter_path=args.dead_letter,
+            max_retries=None if args.max_retries < 0 else args.max_retries,
+        ) as writer:
+            report = writer.run(sources)
+    except sink.SinkUnavailableError as e:
+        if e.report is not None:
+            _print_report(e.report, args)
+        print("fiftyone-qdrant sink: %s" % e, file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+    _print_report(report, args)
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    if report.dead_lettered:
+        print("fiftyone-qdrant sink: %d record(s) dead-lettered to %s"
+              % (report.dead_lettered, os.path.abspath(args.dead_letter)), file=sys.stderr)
+        return EXIT_DEAD_LETTERS
+    return EXIT_OK
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_report(report, args: argparse.Namespace) -> None:
+    print("fiftyone-qdrant sink: %s" % report.summary(), file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+
+
+def _add_list_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "list",
+        help="list the collections of a Qdrant store with their FiftyOne runs",
+        description="List every collection in a Qdrant store, its size and the FiftyOne brain runs "
+                    "recorded with it (see fiftyone_qdrant.list_indexes).",
+    )
+    _add_connection_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=_run_list)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from .records import list_indexes
+
+    connection = {"path": args.path, "url": args.url, "api_key": args.api_key, "grpc_port": args.grpc_port,
+                  "prefer_grpc": args.prefer_grpc, "timeout": args.timeout}
+    indexes = list_indexes(**{k: v for k, v in connection.items() if v is not None})
+    if args.json:
+        print(json.dumps(indexes, indent=1, default=str))
+        return EXIT_OK
+    if not indexes:
+        print("No collections")
+        return EXIT_OK
+    width = max(len(i["collection_name"]) for i in indexes)
+    for index in indexes:
+        runs = ", ".join("%s/%s" % (r.get("dataset_name"), r.get("brain_key")) for r in index["runs"]) or "-"
+        print("%-*s  %10d points  runs: %s" % (width, index["collection_name"], index["size"], runs))
+    return EXIT_OK
+
+
+#: functions that add a subcommand; append to add one
+COMMANDS: List[Callable] = [_add_sink_command, _add_list_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fiftyone-qdrant", description="Qdrant tools for FiftyOne")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="fiftyone-qdrant: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.run(args)
+    except (QdrantBackendError, OSError) as e:
+        print("fiftyone-qdrant %s: %s" % (args.command, e), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,909 @@
+"""Models for building Qdrant similarity indexes: resolve, stream embeddings, embed prompts.
+
+Which models :func:`resolve_model` accepts
+-------------------------------------------
+
+-   A :class:`fiftyone.core.models.Model` instance, e.g.
+    ``fiftyone.utils.open_clip.TorchOpenClipModel``: used as is, on its own
+    device. Its ``spec`` is ``None`` (unless this module built it), so another
+    process (e.g. the FiftyOne App server) cannot reload it for text prompts.
+-   ``"open_clip:<ARCH>"`` with ``model_kwargs={"pretrained": <tag or path>}``:
+    an `open_clip <https://github.com/mlfoundations/open_clip>`_ architecture
+    (see ``open_clip.list_models()``) with a named pretrained tag (see
+    ``open_clip.list_pretrained_tags_by_model(ARCH)``; downloaded once from
+    the Hugging Face hub, then read from its cache) or a local checkpoint file
+    (``.pt``, ``.bin``, ``.safetensors``). ``"open_clip:<ARCH>@<pretrained>"``
+    is shorthand for the same. Further ``model_kwargs``:
+
+    -   ``config_path``: an open_clip model config JSON for an architecture
+        that is not built into open_clip; its file name without ``.json``
+        must be ``ARCH``. It is registered with ``open_clip.add_model_config``
+        in every process that loads the spec.
+    -   ``text_prompt``: a prefix for every text prompt (default ``""``: the
+        prompt is embedded verbatim; FiftyOne's zoo uses ``"A photo of"``).
+    -   any other :class:`fiftyone.utils.open_clip.TorchOpenClipModelConfig`
+        key, e.g. ``classes`` for zero-shot classification.
+
+-   Any other string: a FiftyOne zoo model name (``fiftyone.zoo.load_zoo_model``),
+    with ``model_kwargs`` passed to it.
+
+The ``spec`` of a resolved model is JSON-serialisable and is what a run config
+stores: ``{"model": "open_clip:ViT-B-32", "model_kwargs": {"pretrained":
+"/abs/path/ckpt.pt"}}``. :func:`load_model_from_spec` rebuilds the model from
+it in any process. The device is never part of the spec.
+
+Devices: CUDA when available, else CPU, unless ``device="cpu" | "cuda" |
+"cuda:1"`` is given. On CUDA, :func:`iter_embedding_batches` runs the model
+under float16 autocast, with pinned host memory and non-blocking copies.
+
+Offline use: a pretrained tag whose weights are not cached and cannot be
+downloaded fails within seconds with a :class:`ValueError` that says how to
+pass a local checkpoint (open_clip itself would retry for ~45 s first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+import torch
+import torch.utils.data
+from PIL import Image
+
+import fiftyone.core.labels as fol
+import fiftyone.core.models as fom
+import fiftyone.core.utils as fou
+import fiftyone.core.validation as fov
+import fiftyone.utils.open_clip as fouoc
+import fiftyone.utils.patches as foup
+import fiftyone.utils.torch as fout
+
+logger = logging.getLogger(__name__)
+
+OPEN_CLIP_PREFIX = "open_clip:"
+# Attribute under which a model built here carries its spec, so that code
+# handed only the model instance (e.g. a brain run config) can still store it
+SPEC_ATTRIBUTE = "_fiftyone_qdrant_spec"
+DEFAULT_CPU_BATCH_SIZE = 32
+DEFAULT_CUDA_BATCH_SIZE = 128
+# How long to wait for the weights' host before declaring the machine offline
+DOWNLOAD_PROBE_TIMEOUT_S = 5.0
+
+# Like FiftyOne's "open-clip-torch" zoo model, so that ``model.embed_all()``,
+# ``compute_embeddings()`` and ``apply_model()`` work on models built here:
+# embeddings are the image tower's output, and the zero-shot head needs classes
+_OPEN_CLIP_CONFIG_DEFAULTS = {
+    "embeddings_layer": "visual",
+    "output_processor_cls": "fiftyone.utils.torch.ClassifierOutputProcessor",
+    "labels_path": "{{eta-resources}}/voc-labels.txt",
+    "text_prompt": "",
+}
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+
+ModelSpec = Dict[str, Any]
+ModelLike = Union["ResolvedModel", fom.Model]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    """A FiftyOne model plus what is needed to rebuild it in another process.
+
+    Attributes:
+        model: the :class:`fiftyone.core.models.Model` instance
+        spec: JSON-serialisable ``{"model": str, "model_kwargs": dict}``, or
+            ``None`` for a user-supplied instance (it cannot be reloaded)
+        supports_prompts: whether the model embeds text prompts
+    """
+
+    model: fom.Model
+    spec: Optional[ModelSpec]
+    supports_prompts: bool
+
+    @property
+    def device(self) -> torch.device:
+        return _model_device(self.model)
+
+
+@dataclasses.dataclass
+class EmbeddingBatch:
+    """Embeddings of one batch, row-aligned with their ids.
+
+    ``label_ids`` is ``None`` for whole images and holds the patch label ids
+    when a ``patches_field`` is embedded (then ``sample_ids`` repeats the id
+    of each patch's sample).
+    """
+
+    embeddings: np.ndarray
+    sample_ids: List[str]
+    label_ids: Optional[List[str]] = None
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingFailure:
+    """An image (or patch) that could not be embedded, and why."""
+
+    sample_id: str
+    filepath: str
+    label_id: Optional[str]
+    error: str
+
+
+# -- resolving models ---------------------------------------------------------
+
+
+def parse_model_spec(model: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> ModelSpec:
+    """Normalises a model name and kwargs into the JSON spec stored in run configs.
+
+    Expands the ``"open_clip:<ARCH>@<pretrained>"`` shorthand and makes local
+    paths absolute, so that another process with another working directory
+    loads the same files.
+    """
+    if not isinstance(model, str) or not model:
+        raise ValueError("A model name must be a non-empty string, not %r" % (model,))
+    kwargs = dict(model_kwargs or {})
+    if "device" in kwargs:
+        raise ValueError("Pass `device=` to resolve_model() rather than in model_kwargs: it is not part of the spec")
+
+    if model.startswith(OPEN_CLIP_PREFIX):
+        arch, has_tag, tag = model[len(OPEN_CLIP_PREFIX) :].partition("@")
+        if not arch:
+            raise ValueError("Missing architecture in %r; expected 'open_clip:<ARCH>', e.g. 'open_clip:ViT-B-32'" % model)
+        if has_tag:
+            if not tag:
+                raise ValueError("Missing pretrained tag or path after '@' in %r" % model)
+            if kwargs.get("pretrained", tag) != tag:
+                raise ValueError(
+                    "%r names pretrained=%r but model_kwargs has pretrained=%r" % (model, tag, kwargs["pretrained"])
+                )
+            kwargs["pretrained"] = tag
+        if not kwargs.get("pretrained"):
+            raise ValueError(
+                "open_clip models need pretrained weights: pass model_kwargs={'pretrained': '<tag>'} "
+                "(see open_clip.list_pretrained_tags_by_model(%r)) or {'pretrained': '/path/to/checkpoint.pt'}, "
+                "or use the shorthand 'open_clip:%s@<tag or path>'" % (arch, arch)
+            )
+        for key in ("pretrained", "config_path"):
+            if key in kwargs and _looks_like_path(kwargs[key]):
+                kwargs[key] = os.path.abspath(os.path.expanduser(kwargs[key]))
+        model = OPEN_CLIP_PREFIX + arch
+
+    spec = {"model": model, "model_kwargs": kwargs}
+    try:
+        json.dumps(spec)
+    except TypeError as error:
+        raise ValueError("model_kwargs must be JSON-serialisable to be stored in the run config: %s" % error) from None
+    return spec
+
+
+def select_device(device: Union[str, torch.device, None] = None) -> torch.device:
+    """CUDA when available, else CPU; an explicit device is checked, not silently replaced."""
+    if device is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError("Invalid device %r: %s" % (device, error)) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device=%r was requested but CUDA is not available (torch.cuda.is_available() is False)" % str(device))
+        index = 0 if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError("device=%r does not exist: %d CUDA device(s) visible" % (str(device), torch.cuda.device_count()))
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' was requested but MPS is not available")
+    return device
+
+
+def resolve_model(
+    model: Union[str, fom.Model, ResolvedModel],
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+    device: Union[str, torch.device, None] = None,
+) -> ResolvedModel:
+    """Turns a model instance, zoo name or ``"open_clip:..."`` spec into a :class:`ResolvedModel`.
+
+    See the module docstring for the accepted syntax.
+
+    Raises:
+        ValueError: unknown architecture or tag, weights that cannot be
+            downloaded, a checkpoint that does not match the architecture, or
+            an unavailable device
+    """
+    if isinstance(model, ResolvedModel):
+        model = model.model
+    if isinstance(model, fom.Model):
+        if model_kwargs:
+            raise ValueError("model_kwargs only apply to model names, not to a model instance")
+        if device is not None and select_device(device) != _model_device(model):
+            raise ValueError(
+                "The model instance is on %s; it cannot be moved to device=%r. "
+                "Build it on that device, or pass a model name" % (_model_device(model), str(device))
+            )
+        return ResolvedModel(model, model_spec_of(model), supports_prompts(model))
+    if not isinstance(model, str):
+        raise TypeError("model must be a fiftyone Model, a zoo model name or 'open_clip:<ARCH>', not %r" % type(model))
+
+    spec = parse_model_spec(model, model_kwargs)
+    instance = load_model_from_spec(spec, device=device)
+    return ResolvedModel(instance, spec, supports_prompts(instance))
+
+
+def load_model_from_spec(spec: Mapping[str, Any], device: Union[str, torch.device, None] = None) -> fom.Model:
+    """Rebuilds a model from the JSON spec stored in a run config, in any process.
+
+    The returned model carries its spec (see :func:`model_spec_of`).
+    """
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("model"), str):
+        raise ValueError("Invalid model spec %r: expected {'model': str, 'model_kwargs': dict}" % (spec,))
+    spec = parse_model_spec(spec["model"], spec.get("model_kwargs"))
+    device = select_device(device)
+    name, kwargs = spec["model"], dict(spec["model_kwargs"])
+    if name.startswith(OPEN_CLIP_PREFIX):
+        model = _load_open_clip(name[len(OPEN_CLIP_PREFIX) :], kwargs, device)
+    else:
+        import fiftyone.zoo as foz
+
+        model = foz.load_zoo_model(name, device=str(device), **kwargs)
+    setattr(model, SPEC_ATTRIBUTE, spec)
+    return model
+
+
+def model_spec_of(model: ModelLike) -> Optional[ModelSpec]:
+    """The spec a model was built from by this module, or ``None``."""
+    if isinstance(model, ResolvedModel):
+        return model.spec
+    return getattr(model, SPEC_ATTRIBUTE, None)
+
+
+def supports_prompts(model: ModelLike) -> bool:
+    """Whether the model can embed text prompts (FiftyOne's PromptMixin)."""
+    model = _fiftyone_model(model)
+    return isinstance(model, fom.PromptMixin) and bool(model.can_embed_prompts)
+
+
+def embed_prompts(model: ModelLike, prompts: Union[str, Sequence[str]]) -> np.ndarray:
+    """Embeds text prompts as a ``num_prompts x dim`` float32 array.
+
+    A thin wrapper over FiftyOne's ``PromptMixin.embed_prompts`` that runs
+    without autograd (FiftyOne's open_clip wrapper builds a graph otherwise).
+    """
+    model = _fiftyone_model(model)
+    if not supports_prompts(model):
+        raise ValueError("Model %s cannot embed text prompts" % type(model).__name__)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("No prompts given")
+    with torch.inference_mode():
+        embeddings = model.embed_prompts(prompts)
+    if isinstance(embeddings, torch.Tensor):
+        embeddings = embeddings.float().cpu().numpy()
+    return np.asarray(embeddings, dtype=np.float32).reshape(len(prompts), -1)
+
+
+def _load_open_clip(arch: str, kwargs: Dict[str, Any], device: torch.device) -> fouoc.TorchOpenClipModel:
+    """Builds FiftyOne's open_clip wrapper after checking, cheaply and
+    offline, what open_clip would otherwise discover slowly or cryptically."""
+    import open_clip
+
+    config_path = kwargs.pop("config_path", None)
+    if config_path is not None:
+        _register_open_clip_config(arch, config_path)
+    if arch not in open_clip.list_models():
+        raise ValueError(
+            "Unknown open_clip architecture %r. Use one of open_clip.list_models(), or pass "
+            "model_kwargs={'config_path': '/path/to/%s.json'} for a custom config" % (arch, arch)
+        )
+    pretrained = kwargs.pop("pretrained")
+    weights_are_cached = _check_pretrained_available(arch, pretrained)
+    config = fouoc.TorchOpenClipModelConfig(
+        {**_OPEN_CLIP_CONFIG_DEFAULTS, **kwargs, "clip_model": arch, "pretrained": pretrained, "device": str(device)}
+    )
+    try:
+        with _hf_hub_offline(weights_are_cached):
+            return fouoc.TorchOpenClipModel(config)
+    except Exception as error:  # torch.load raises anything from UnpicklingError to IndexError
+        raise ValueError(_explain_open_clip_failure(arch, pretrained, error)) from error
+
+
+def _register_open_clip_config(arch: str, config_path: str) -> None:
+    import open_clip
+
+    if not os.path.isfile(config_path):
+        raise ValueError("open_clip config file not found: %s" % config_path)
+    stem = os.path.splitext(os.path.basename(config_path))[0]
+    if stem != arch:
+        raise ValueError(
+            "open_clip names a config after its file: %s registers %r, not %r" % (config_path, stem, arch)
+        )
+    with open(config_path) as f:
+        config = json.load(f)
+    if arch not in open_clip.list_models() or open_clip.get_model_config(arch) != config:
+        open_clip.add_model_config(config_path)
+
+
+def _check_pretrained_available(arch: str, pretrained: str) -> bool:
+    """Fails fast when the weights can be neither read locally nor downloaded.
+
+    Returns:
+        whether the weights are a cached download (then load them with the
+        hub in offline mode, so that nothing touches the network)
+    """
+    import open_clip
+
+    if os.path.isfile(pretrained):
+        return False
+    if _looks_like_path(pretrained):
+        raise ValueError("Checkpoint file not found: %s" % pretrained)
+
+    tag_config = open_clip.get_pretrained_cfg(arch, pretrained)
+    if not tag_config:
+        raise ValueError(
+            "Unknown pretrained tag %r for open_clip architecture %r. Known tags: %s. "
+            "To use your own weights, pass model_kwargs={'pretrained': '/path/to/checkpoint.pt'}"
+            % (pretrained, arch, open_clip.list_pretrained_tags_by_model(arch) or "none")
+        )
+    if _cached_pretrained_file(tag_config) is not None:
+        return True
+    reason = _download_blocker(tag_config)
+    if reason is not None:
+        raise ValueError(
+            "Cannot load open_clip weights %r for %r: they are not in the local cache and %s. "
+            "Download the checkpoint on a machine with internet access, copy it here and pass its path: "
+            "model_kwargs={'pretrained': '/path/to/checkpoint.pt'} (or 'open_clip:%s@/path/to/checkpoint.pt')"
+            % (pretrained, arch, reason, arch)
+        )
+    return False
+
+
+def _hub_file(tag_config: Mapping[str, Any]) -> Optional[Tuple[str, List[str]]]:
+    """The hub repo and file names open_clip would try for a tag (safetensors first), if it uses the hub."""
+    import open_clip.pretrained as ocp
+
+    if not tag_config.get("hf_hub") or not ocp.has_hf_hub():
+        return None
+    repo_id, filename = os.path.split(tag_config["hf_hub"])
+    filename = filename or ocp.HF_WEIGHTS_NAME
+    safe_alternatives = [ocp.HF_SAFE_WEIGHTS_NAME] if filename == ocp.HF_WEIGHTS_NAME else []
+    if filename.endswith((".bin", ".pth")) and filename != ocp.HF_WEIGHTS_NAME:
+        safe_alternatives.append(filename[:-4] + ".safetensors")
+    return repo_id, safe_alternatives + [filename]
+
+
+def _cached_pretrained_file(tag_config: Mapping[str, Any]) -> Optional[str]:
+    if tag_config.get("file"):
+        return tag_config["file"] if os.path.isfile(tag_config["file"]) else None
+    hub_file = _hub_file(tag_config)
+    if hub_file is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filenames = hub_file
+        for filename in filenames:
+            cached = try_to_load_from_cache(repo_id, filename)
+            if isinstance(cached, str):
+                return cached
+        return None
+    if tag_config.get("url"):
+        # open_clip.pretrained.download_pretrained_from_url's cache
+        cached = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(tag_config["url"]))
+        return cached if os.path.isfile(cached) else None
+    return None
+
+
+def _download_blocker(tag_config: Mapping[str, Any]) -> Optional[str]:
+    """Why a download cannot start (offline mode, host unreachable), or ``None``.
+
+    One request with a short timeout and no retries: any HTTP answer, even an
+    error status, means the network works and open_clip may try.
+    """
+    hub_file = _hub_file(tag_config)
+    if hub_file is not None:
+        import huggingface_hub
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if _hf_offline_requested():
+            return "HF_HUB_OFFLINE is set"
+        repo_id, filenames = hub_file
+        url = huggingface_hub.hf_hub_url(repo_id, filenames[-1])
+        try:
+            huggingface_hub.get_hf_file_metadata(url, timeout=DOWNLOAD_PROBE_TIMEOUT_S)
+        except HfHubHTTPError:
+            return None
+        except Exception as error:  # connection, DNS, timeout, offline mode
+            return "the Hugging Face hub is unreachable (%s: %s)" % (type(error).__name__, error)
+        return None
+    if tag_config.get("url"):
+        request = urllib.request.Request(tag_config["url"], method="HEAD")
+        try:
+            urllib.request.urlopen(request, timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            return None
+        except (urllib.error.URLError, OSError) as error:
+            return "%s is unreachable (%s)" % (tag_config["url"], error)
+        return None
+    return "open_clip knows no download location for it"
+
+
+def _hf_offline_requested() -> bool:
+    truthy = ("1", "true", "yes", "on")
+    if any(os.environ.get(name, "").lower() in truthy for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    import huggingface_hub.constants
+
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+@contextlib.contextmanager
+def _hf_hub_offline(enabled: bool) -> Iterator[None]:
+    """Puts huggingface_hub in offline mode while open_clip loads cached weights.
+
+    open_clip calls ``hf_hub_download`` without ``local_files_only``, which
+    revalidates the cached file online and, without network, retries for
+    ~45 s before falling back to the cache. huggingface_hub reads
+    ``HF_HUB_OFFLINE`` once at import, so the module constant is what counts.
+    """
+    if not enabled:
+        yield
+        return
+    import huggingface_hub.constants as hf_constants
+
+    previous = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = previous
+
+
+def _explain_open_clip_failure(arch: str, pretrained: str, error: BaseException) -> str:
+    message = "%s: %s" % (type(error).__name__, str(error).strip())
+    if "state_dict" in message or "size mismatch" in message:
+        first_lines = "\n".join(message.splitlines()[:4])
+        return (
+            "Checkpoint %s does not match the open_clip architecture %r (wrong architecture name or config?). "
+            "open_clip said: %s" % (pretrained, arch, first_lines)
+        )
+    if os.path.isfile(pretrained):
+        return "Could not load checkpoint %s as open_clip architecture %r: %s" % (pretrained, arch, message)
+    return (
+        "Could not load open_clip weights %r for %r: %s. To use a local checkpoint, pass "
+        "model_kwargs={'pretrained': '/path/to/checkpoint.pt'}" % (pretrained, arch, message)
+    )
+
+
+def _looks_like_path(value: Any) -> bool:
+    """Tags are bare names; anything with a separator or checkpoint suffix is a path."""
+    if not isinstance(value, str):
+        return False
+    return os.sep in value or "/" in value or value.startswith("~") or value.lower().endswith(_CHECKPOINT_SUFFIXES)
+
+
+def _fiftyone_model(model: ModelLike) -> fom.Model:
+    return model.model if isinstance(model, ResolvedModel) else model
+
+
+def _model_device(model: fom.Model) -> torch.device:
+    device = getattr(model, "device", None)
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+# -- streaming embeddings ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImageTask:
+    """One image for a loader worker to decode, and the boxes to crop from it.
+
+    ``boxes is None`` means the whole image is one row; otherwise each
+    relative ``[x, y, w, h]`` box is one row, identified by its label id.
+    """
+
+    sample_id: str
+    filepath: str
+    label_ids: Optional[Tuple[str, ...]] = None
+    boxes: Optional[Tuple[Optional[Tuple[float, ...]], ...]] = None
+
+    @property
+    def num_rows(self) -> int:
+        return 1 if self.boxes is None else len(self.boxes)
+
+    def failures(self, error: BaseException, row: Optional[int] = None) -> List[EmbeddingFailure]:
+        rows = range(self.num_rows) if row is None else [row]
+        text = "%s: %s" % (type(error).__name__, error)
+        return [
+            EmbeddingFailure(self.sample_id, self.filepath, None if self.label_ids is None else self.label_ids[i], text)
+            for i in rows
+        ]
+
+
+@dataclasses.dataclass
+class _LoadedBatch:
+    """What a loader worker hands back: model inputs and the ids of their rows."""
+
+    inputs: Union[torch.Tensor, List[Any]]
+    sample_ids: List[str]
+    label_ids: Optional[List[str]]
+    failures: List[EmbeddingFailure]
+
+    def pin_memory(self) -> "_LoadedBatch":
+        # Called by the DataLoader's pin-memory thread (CUDA only): page-locked
+        # host memory makes the copy to the GPU asynchronous
+        if isinstance(self.inputs, torch.Tensor):
+            self.inputs = self.inputs.pin_memory()
+        return self
+
+
+class _ImageTaskDataset(torch.utils.data.Dataset):
+    """Decodes, crops and preprocesses images in DataLoader workers.
+
+    Indexed by :class:`_ImageTask` rather than by position, so that the
+    main process can stream tasks from the database without holding the
+    whole collection's ids and paths in memory.
+    """
+
+    def __init__(self, transform: Optional[Callable[[Image.Image], Any]], patches: bool):
+        self.transform = transform
+        self.patches = patches
+
+    def __getitem__(self, task: _ImageTask) -> Tuple[_ImageTask, List[Tuple[int, Any]], List[EmbeddingFailure]]:
+        try:
+            with open(task.filepath, "rb") as f:
+                image = Image.open(f).convert("RGB")
+        except Exception as error:
+            return task, [], task.failures(error)
+        if task.boxes is None:
+            crops = [image]
+        else:
+            pixels = np.asarray(image)
+            crops = [_crop(pixels, box) for box in task.boxes]
+        rows, failures = [], []
+        for row, crop in enumerate(crops):
+            try:
+                if isinstance(crop, BaseException):
+                    raise crop
+                rows.append((row, self._prepare(crop)))
+            except Exception as error:
+                failures.extend(task.failures(error, row))
+        return task, rows, failures
+
+    def _prepare(self, image: Union[Image.Image, np.ndarray]) -> Any:
+        if self.transform is None:
+            return np.asarray(image)  # non-Torch model: it preprocesses itself
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        return self.transform(image)
+
+
+def _split_task(task: _ImageTask, max_rows: int) -> Iterator[_ImageTask]:
+    if task.num_rows <= max_rows:
+        yield task
+        return
+    for start in range(0, task.num_rows, max_rows):
+        end = start + max_rows
+        yield dataclasses.replace(task, label_ids=task.label_ids[start:end], boxes=task.boxes[start:end])
+
+
+def _crop(pixels: np.ndarray, box: Optional[Sequence[float]]) -> Union[np.ndarray, BaseException]:
+    """FiftyOne's own patch extraction, so crops match ``compute_patch_embeddings``."""
+    try:
+        if box is None:
+            raise ValueError("label has no bounding box")
+        crop = foup.extract_patch(pixels, fol.Detection(bounding_box=list(box)))
+        if crop.size == 0:
+            raise ValueError("empty crop for bounding box %s" % (list(box),))
+        return crop
+    except Exception as error:
+        return error
+
+
+def _collate(loaded: List[Tuple[_ImageTask, List[Tuple[int, Any]], List[EmbeddingFailure]]]) -> _LoadedBatch:
+    inputs, sample_ids, label_ids, failures = [], [], [], []
+    for task, rows, task_failures in loaded:
+        failures.extend(task_failures)
+        for row, item in rows:
+            inputs.append(item)
+            sample_ids.append(task.sample_id)
+            if task.label_ids is not None:
+                label_ids.append(task.label_ids[row])
+    patches = any(task.boxes is not None for task, _, _ in loaded)
+    if inputs and all(isinstance(x, torch.Tensor) and x.shape == inputs[0].shape for x in inputs):
+        inputs = torch.stack(inputs)
+    return _LoadedBatch(inputs, sample_ids, label_ids if patches else None, failures)
+
+
+class _BatchEmbedder:
+    """Runs a FiftyOne model on preprocessed batches, fast on the model's device.
+
+    open_clip models go straight to ``encode_image``: FiftyOne's wrapper
+    would also compute zero-shot logits (and require classes) on every batch.
+    Other Torch models use ``embed_all`` with preprocessing turned off, since
+    the loader workers already applied ``model.transforms``.
+    """
+
+    def __init__(self, model: fom.Model, half_precision: Optional[bool]):
+        self.model = model
+        self.is_torch = isinstance(model, fom.TorchModelMixin)
+        self.device = _model_device(model)
+        self.autocast = self.device.type == "cuda" and half_precision is not False
+        if half_precision and self.device.type != "cuda":
+            logger.debug("half_precision applies to CUDA only; running in float32 on %s", self.device)
+        if isinstance(model, fouoc.TorchOpenClipModel):
+            # FiftyOne keeps open_clip's module and transform private; using
+            # them skips the zero-shot head and keeps workers picklable
+            self.open_clip_module = model._model
+            self.transform = model._clip_preprocess
+        else:
+            self.open_clip_module = None
+            self.transform = model.transforms if self.is_torch else None
+        if not self.is_torch and not (isinstance(model, fom.EmbeddingsMixin) and model.has_embeddings):
+            raise ValueError("Model %s does not expose embeddings" % type(model).__name__)
+        if self.is_torch and self.open_clip_module is None and not model.has_embeddings:
+            raise ValueError("Model %s does not expose embeddings" % type(model).__name__)
+
+    def __call__(self, inputs: Union[torch.Tensor, List[Any]]) -> np.ndarray:
+        if isinstance(inputs, list) and self.is_torch:
+            # ragged transforms (differently sized tensors) cannot be stacked
+            return np.concatenate([self(item.unsqueeze(0)) for item in inputs])
+        with contextlib.ExitStack() as context:
+            context.enter_context(torch.inference_mode())
+            if self.autocast:
+                context.enter_context(torch.autocast(device_type="cuda", dtype=torch.float16))
+            if isinstance(inputs, torch.Tensor):
+                inputs = inputs.to(self.device, non_blocking=True)
+            if self.open_clip_module is not None:
+                embeddings = self.open_clip_module.encode_image(inputs)
+            else:
+                if self.is_torch:
+                    context.enter_context(fou.SetAttributes(self.model, preprocess=False))
+                embeddings = self.model.embed_all(inputs)
+        if isinstance(embeddings, torch.Tensor):
+            embeddings = embeddings.float().cpu().numpy()
+        return np.asarray(embeddings, dtype=np.float32).reshape(len(inputs), -1)
+
+
+class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):
+    """Iterator returned by :func:`iter_embedding_batches`.
+
+    Attributes:
+        failures: :class:`EmbeddingFailure` of every image or patch that could
+            not be read or embedded so far; complete once iteration ends
+        num_embedded: rows yielded so far
+        num_skipped: rows skipped because their id was in ``skip_ids``
+        total: rows in the collection (embedded + skipped + failed at the end)
+    """
+
+    def __init__(
+        self,
+        samples,
+        model: ModelLike,
+        patches_field: Optional[str],
+        batch_size: Optional[int],
+        num_workers: Optional[int],
+        skip_ids: Optional[Iterable[str]],
+        progress: Union[bool, Callable, None],
+        failures: Optional[List[EmbeddingFailure]],
+        half_precision: Optional[bool],
+    ):
+        fov.validate_image_collection(samples)
+        self.model = _fiftyone_model(model)
+        if getattr(self.model, "media_type", "image") != "image":
+            raise ValueError("Only image models can embed images; got media_type=%r" % self.model.media_type)
+        self._embedder = _BatchEmbedder(self.model, half_precision)
+        self.samples = samples
+        self.patches_field = patches_field
+        self.patch_label_type = _patch_label_type(samples, patches_field) if patches_field else None
+        self.batch_size = batch_size or (
+            DEFAULT_CUDA_BATCH_SIZE if self._embedder.device.type == "cuda" else DEFAULT_CPU_BATCH_SIZE
+        )
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be positive, got %r" % batch_size)
+        self.num_workers = fout.recommend_num_workers(num_workers)
+        self.skip_ids: Set[str] = set(skip_ids or ())
+        self.progress = progress
+        self.failures: List[EmbeddingFailure] = failures if failures is not None else []
+        self.num_embedded = 0
+        self.num_skipped = 0
+        self.total = _count_rows(samples, patches_field, self.patch_label_type)
+        self._batches = self._generate()
+
+    def __next__(self) -> EmbeddingBatch:
+        return next(self._batches)
+
+    def __iter__(self) -> "EmbeddingBatchIterator":
+        return self
+
+    def close(self) -> None:
+        """Stops early and shuts down the loader workers."""
+        self._batches.close()
+
+    def failure_summary(self, max_listed: int = 20) -> str:
+        """One message listing the failures, for a single warning at the end."""
+        return format_failures(self.failures, max_listed)
+
+    def _generate(self) -> Iterator[EmbeddingBatch]:
+        use_cuda = self._embedder.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            _ImageTaskDataset(self._embedder.transform, patches=self.patches_field is not None),
+            batch_sampler=self._plan_batches(),
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=use_cuda,
+            # several batches in flight per worker keep the GPU fed while
+            # workers decode; the CPU path is compute-bound anyway
+            prefetch_factor=(4 if use_cuda else 2) if self.num_workers > 0 else None,
+        )
+        iters_str = "patches" if self.patches_field else "images"
+        counted_skips = 0
+        with fou.ProgressBar(total=self.total, progress=self.progress, iters_str=iters_str) as progress_bar:
+            for loaded in loader:
+                self.failures.extend(loaded.failures)
+                if loaded.sample_ids:
+                    batch = EmbeddingBatch(self._embedder(loaded.inputs), loaded.sample_ids, loaded.label_ids)
+                    self.num_embedded += len(batch)
+                    yield batch
+                # skips are counted ahead, as the loader prefetches tasks
+                progress_bar.update(len(loaded.sample_ids) + len(loaded.failures) + self.num_skipped - counted_skips)
+                counted_skips = self.num_skipped
+            progress_bar.update(self.num_skipped - counted_skips)
+
+    def _plan_batches(self) -> Iterator[List[_ImageTask]]:
+        """Groups tasks into batches of at most ``batch_size`` rows.
+
+        An image with more patches than ``batch_size`` is split into several
+        tasks (it is decoded once per task), so batches never exceed it.
+        """
+        batch: List[_ImageTask] = []
+        rows = 0
+        for task in self._iter_tasks():
+            for part in _split_task(task, self.batch_size):
+                if rows + part.num_rows > self.batch_size:
+                    yield batch
+                    batch, rows = [], 0
+                batch.append(part)
+                rows += part.num_rows
+        if batch:
+            yield batch
+
+    def _iter_tasks(self) -> Iterator[_ImageTask]:
+        """Streams tasks from the database, leaving out ``skip_ids``."""
+        if self.patches_field is None:
+            for sample in self.samples.select_fields().iter_samples():
+                if sample.id in self.skip_ids:
+                    self.num_skipped += 1
+                    continue
+                yield _ImageTask(sample.id, sample.filepath)
+            return
+
+        for sample in self.samples.select_fields(self.patches_field).iter_samples():
+            patches = [
+                (label_id, box)
+                for label_id, box in _patch_boxes(sample[self.patches_field])
+                if label_id not in self.skip_ids
+            ]
+            if patches:
+                label_ids, boxes = zip(*patches)
+                yield _ImageTask(sample.id, sample.filepath, tuple(label_ids), tuple(boxes))
+            self.num_skipped += _count_labels(sample[self.patches_field]) - len(patches)
+
+
+def iter_embedding_batches(
+    samples,
+    model: ModelLike,
+    patches_field: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    num_workers: Optional[int] = None,
+    skip_ids: Optional[Iterable[str]] = None,
+    progress: Union[bool, Callable, None] = None,
+    failures: Optional[List[EmbeddingFailure]] = None,
+    half_precision: Optional[bool] = None,
+) -> EmbeddingBatchIterator:
+    """Embeds a collection's images (or patches) batch by batch, with flat memory.
+
+    Images are decoded, cropped and preprocessed in DataLoader workers while
+    the model embeds the previous batch; each :class:`EmbeddingBatch` is
+    yielded as soon as it is ready, so memory does not grow with the dataset.
+    Unreadable or missing images are skipped and recorded in the iterator's
+    ``failures`` (and in ``failures`` if a list is passed), so the caller can
+    log one warning at the end (see :func:`format_failures`).
+
+    Args:
+        samples: an image :class:`fiftyone.core.collections.SampleCollection`
+        model: a :class:`ResolvedModel` or FiftyOne model exposing embeddings
+        patches_field: embed the patches in this ``Detection(s)``,
+            ``Polyline(s)`` or ``Keypoint(s)`` field instead of whole images
+        batch_size: rows per batch (default 32 on CPU, 128 on CUDA)
+        num_workers: loader worker processes (default: FiftyOne's
+            recommendation, half the CPUs; 0 loads in this process)
+        skip_ids: sample ids (or label ids, with ``patches_field``) not to
+            embed again, e.g. those already indexed before an interruption
+        progress: FiftyOne's ``progress`` argument (bool, callback or None)
+        failures: optional list to which failures are appended
+        half_precision: float16 autocast; default on for CUDA, never on CPU
+
+    Returns:
+        an :class:`EmbeddingBatchIterator` of :class:`EmbeddingBatch`
+    """
+    return EmbeddingBatchIterator(
+        samples, model, patches_field, batch_size, num_workers, skip_ids, progress, failures, half_precision
+    )
+
+
+def format_failures(failures: Sequence[EmbeddingFailure], max_listed: int = 20) -> str:
+    """A one-message summary of failures, listing at most ``max_listed``."""
+    if not failures:
+        return "No failures"
+    lines = ["%d image(s)/patch(es) could not be embedded:" % len(failures)]
+    for failure in failures[:max_listed]:
+        what = failure.sample_id if failure.label_id is None else "%s (label %s)" % (failure.sample_id, failure.label_id)
+        lines.append("  %s %s: %s" % (what, failure.filepath, failure.error))
+    if len(failures) > max_listed:
+        lines.append("  ... and %d more" % (len(failures) - max_listed))
+    return "\n".join(lines)
+
+
+_LIST_ATTRIBUTES = {fol.Detections: "detections", fol.Polylines: "polylines", fol.Keypoints: "keypoints"}
+_PATCH_LABEL_TYPES = (fol.Detection, fol.Detections, fol.Polyline, fol.Polylines, fol.Keypoint, fol.Keypoints)
+
+
+def _patch_label_type(samples, patches_field: str) -> type:
+    field = samples.get_field(patches_field)
+    label_type = getattr(field, "document_type", None)
+    if field is None or label_type not in _PATCH_LABEL_TYPES:
+        raise ValueError(
+            "patches_field %r must be a Detection(s), Polyline(s) or Keypoint(s) field; found %s"
+            % (patches_field, label_type.__name__ if label_type else field)
+        )
+    return label_type
+
+
+def _count_rows(samples, patches_field: Optional[str], label_type: Optional[type]) -> int:
+    if patches_field is None:
+        return len(samples)
+    list_attribute = _LIST_ATTRIBUTES.get(label_type)
+    return samples.count("%s.%s" % (patches_field, list_attribute) if list_attribute else patches_field)
+
+
+def _labels_of(label) -> List[fol.Label]:
+    if label is None:
+        return []
+    list_attribute = _LIST_ATTRIBUTES.get(type(label))
+    return list(getattr(label, list_attribute) or []) if list_attribute else [label]
+
+
+def _count_labels(label) -> int:
+    return len(_labels_of(label))
+
+
+def _patch_boxes(label) -> List[Tuple[str, Optional[Tuple[float, ...]]]]:
+    """``(label id, relative [x, y, w, h])`` of each patch.
+
+    Not ``fiftyone.utils.patches.parse_patches``: it converts polylines to
+    new detections, losing the label ids that index entries are keyed by.
+    """
+    boxes = []
+    for patch in _labels_of(label):
+        if isinstance(patch, fol.Detection):
+            box = patch.bounding_box
+        elif isinstance(patch, fol.Polyline):
+            box = patch.to_detection().bounding_box
+        else:
+            box = _keypoint_box(patch)
+        boxes.append((patch.id, tuple(box) if box else None))
+    return boxes
+
+
+def _keypoint_box(keypoint: fol.Keypoint) -> Optional[List[float]]:
+    points = np.asarray([p for p in keypoint.points or [] if p is not None and not np.isnan(p).any()], dtype=float)
+    if points.size == 0:
+        return None
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]

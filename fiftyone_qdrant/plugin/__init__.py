@@ -1,0 +1,182 @@
+"""The FiftyOne App plugin shipped with fiftyone-qdrant.
+
+This directory is a FiftyOne plugin (``fiftyone.yml`` + this module). Its
+operators (see :mod:`.operators`) build a Qdrant similarity index from the
+App with progress, list the indexes of a Qdrant store with the run records
+stored in them, re-attach or delete an index, and migrate runs made by
+FiftyOne's built-in Qdrant backend.
+
+How FiftyOne finds it
+---------------------
+FiftyOne discovers plugins by walking ``fo.config.plugins_dir``
+(``FIFTYONE_PLUGINS_DIR``); it has no entry point for plugins that ship
+inside a pip package. Two routes, both handled here:
+
+- automatic: :func:`patch_plugin_discovery` makes
+  ``fiftyone.plugins.core`` also yield this directory after the user's
+  plugins. ``fiftyone_qdrant._bootstrap`` (imported by the installed
+  ``.pth`` file in every process, the App server included) applies it when
+  ``fiftyone.plugins.core`` is imported. Opt out with
+  ``FIFTYONE_QDRANT_DISABLE_APP_PLUGIN=true``, or disable the plugin the
+  FiftyOne way: ``fiftyone plugins disable @fiftyone-qdrant/qdrant``.
+- explicit: :func:`install` links (or copies) this directory into
+  ``plugins_dir``, e.g. for a shared plugins directory or a FiftyOne
+  deployment where the bootstrap hook is turned off.
+
+This module imports nothing from FiftyOne at import time, so that the
+bootstrap hook and the command line can use it cheaply; FiftyOne's plugin
+loader calls :func:`register`, which imports the operators.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Optional
+
+PLUGIN_NAME = "@fiftyone-qdrant/qdrant"
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+METADATA_PATH = os.path.join(PLUGIN_DIR, "fiftyone.yml")
+DISABLE_ENV_VAR = "FIFTYONE_QDRANT_DISABLE_APP_PLUGIN"
+
+# The directory name used by install(); FiftyOne identifies plugins by the
+# name in fiftyone.yml, not by directory
+INSTALL_DIRNAME = "fiftyone-qdrant"
+
+
+def register(p):
+    """Called by FiftyOne's plugin loader."""
+    from . import operators
+
+    for cls in operators.OPERATORS:
+        p.register(cls)
+
+
+# -- discovery ---------------------------------------------------------------
+
+
+def discovery_disabled() -> bool:
+    return os.environ.get(DISABLE_ENV_VAR, "").lower() in ("1", "true", "yes")
+
+
+def patch_plugin_discovery(core_module) -> None:
+    """Makes ``fiftyone.plugins.core`` discover the packaged plugin.
+
+    ``core_module._iter_plugin_metadata_files()`` (no ``root_dir``: the
+    user's plugins directory) also yields our ``fiftyone.yml``, after the
+    user's plugins, so that a copy installed in ``plugins_dir`` shadows it.
+    ``delete_plugin()`` refuses to delete the package's own directory (it
+    would delete files of the installed package).
+
+    Idempotent; applied by ``fiftyone_qdrant._bootstrap``.
+    """
+    original_iter = core_module._iter_plugin_metadata_files
+    if getattr(original_iter, "_fiftyone_qdrant", False):
+        return
+
+    def _iter_plugin_metadata_files(root_dir=None, strict=False):
+        seen = set()
+        for path in original_iter(root_dir=root_dir, strict=strict):
+            seen.add(os.path.realpath(os.path.dirname(path)))
+            yield path
+
+        if root_dir is None and not discovery_disabled() and os.path.isfile(METADATA_PATH):
+            if os.path.realpath(PLUGIN_DIR) not in seen:
+                yield METADATA_PATH
+
+    _iter_plugin_metadata_files._fiftyone_qdrant = True
+    _iter_plugin_metadata_files.__wrapped__ = original_iter
+    _iter_plugin_metadata_files.__doc__ = original_iter.__doc__
+    core_module._iter_plugin_metadata_files = _iter_plugin_metadata_files
+
+    original_delete = core_module.delete_plugin
+
+    def delete_plugin(plugin_name):
+        plugin = core_module.get_plugin(plugin_name)
+        if os.path.realpath(plugin.directory) == os.path.realpath(PLUGIN_DIR):
+            raise ValueError(
+                "Plugin '%s' ships with the fiftyone-qdrant package; uninstall "
+                "the package, or disable the plugin with `fiftyone plugins "
+                "disable %s`" % (plugin_name, plugin_name)
+            )
+        return original_delete(plugin_name)
+
+    delete_plugin.__wrapped__ = original_delete
+    delete_plugin.__doc__ = original_delete.__doc__
+    core_module.delete_plugin = delete_plugin
+
+    # `fiftyone.plugins` re-exports delete_plugin; patch it if it was bound
+    # before this hook ran
+    package = sys.modules.get("fiftyone.plugins")
+    if package is not None and getattr(package, "delete_plugin", None) is original_delete:
+        package.delete_plugin = delete_plugin
+
+
+def is_discovered() -> bool:
+    """Whether FiftyOne currently lists this plugin (from any location)."""
+    import fiftyone.plugins as fop
+
+    return any(p.name == PLUGIN_NAME for p in fop.list_plugins(enabled="all", builtin="all"))
+
+
+# -- explicit installation ----------------------------------------------------
+
+
+def _plugins_dir(plugins_dir: Optional[str]) -> str:
+    if plugins_dir is None:
+        import fiftyone as fo
+
+        plugins_dir = fo.config.plugins_dir
+    if not plugins_dir:
+        raise ValueError("No plugins directory: set FIFTYONE_PLUGINS_DIR or pass plugins_dir")
+    return os.path.abspath(os.path.expanduser(plugins_dir))
+
+
+def install(plugins_dir: Optional[str] = None, copy: bool = False, overwrite: bool = False) -> str:
+    """Installs the packaged plugin into a FiftyOne plugins directory.
+
+    Args:
+        plugins_dir (None): default ``fo.config.plugins_dir``
+        copy (False): copy the files instead of linking to the installed
+            package (a link follows package upgrades; a copy survives the
+            package's removal and works where links are not allowed)
+        overwrite (False): replace an existing installation
+
+    Returns:
+        the installed plugin directory
+    """
+    plugins_dir = _plugins_dir(plugins_dir)
+    target = os.path.join(plugins_dir, INSTALL_DIRNAME)
+    if os.path.lexists(target):
+        if os.path.realpath(target) == os.path.realpath(PLUGIN_DIR) and not copy:
+            return target
+        if not overwrite:
+            raise FileExistsError("'%s' already exists; pass overwrite=True to replace it" % target)
+        uninstall(plugins_dir)
+
+    os.makedirs(plugins_dir, exist_ok=True)
+    if copy:
+        shutil.copytree(
+            PLUGIN_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    else:
+        os.symlink(PLUGIN_DIR, target, target_is_directory=True)
+    return target
+
+
+def uninstall(plugins_dir: Optional[str] = None) -> bool:
+    """Removes what :func:`install` put in ``plugins_dir``; returns whether
+    anything was removed. Never touches the package's own files."""
+    target = os.path.join(_plugins_dir(plugins_dir), INSTALL_DIRNAME)
+    if os.path.islink(target):
+        os.unlink(target)
+        return True
+    if os.path.isdir(target):
+        if os.path.realpath(target) == os.path.realpath(PLUGIN_DIR):
+            return False
+        if not os.path.isfile(os.path.join(target, "fiftyone.yml")):
+            raise ValueError("'%s' is not a fiftyone-qdrant plugin; not removing it" % target)
+        shutil.rmtree(target)
+        return True
+    return False

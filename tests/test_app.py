@@ -1,0 +1,954 @@
+"""The FiftyOne App integration, tested the way people use it.
+
+1. The plugin shipped in ``fiftyone_qdrant/plugin``: discovery (the hook
+   that ``fiftyone_qdrant._bootstrap`` applies, and ``plugin.install()``)
+   and every operator, executed through FiftyOne's operator execution API.
+2. A real App server (``fo.launch_app(remote=True)``: a separate process)
+   that opens the embedded store this process holds: it lists our operators,
+   answers the App's own similarity search (selected samples, patches, text
+   prompt) exactly like ``sort_by_similarity()`` here, sees writes made here
+   without a restart, and streams the build operator's progress.
+3. A real browser (Playwright driving Debian's chromium, headless): select a
+   sample, "sort by similarity", show the results; type a text prompt;
+   switch to patches and sort by similar objects; the grid's order must equal
+   the backend's answer. Screenshots go to a temporary directory and to
+   ``tests/artifacts/`` (ignored by git).
+
+No mocks: a real MongoDB, the real embedded Qdrant engine, real PNG images
+and a real (tiny, locally trained) CLIP model for text prompts.
+"""
+
+import json
+import os
+import shutil
+import socket
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fiftyone as fo
+import fiftyone.brain as fob
+import fiftyone.operators as foo
+
+import tiny_clip
+from fiftyone_qdrant import plugin
+
+URI = plugin.PLUGIN_NAME + "/"
+ARTIFACTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
+CHROMIUM = os.environ.get("FIFTYONE_QDRANT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+K = 25  # what the App's similarity popover asks for
+
+try:
+    from fiftyone_qdrant import models as foq_models
+except Exception:  # models need torch + open_clip
+    foq_models = None
+
+
+def execute(name, dataset=None, **params):
+    """Runs one of our operators through FiftyOne's operator execution API."""
+    ctx = {"params": params}
+    if dataset is not None:
+        ctx["dataset"] = dataset
+    return foo.execute_operator(URI + name, ctx=ctx)
+
+
+def execute_fails(name, dataset=None, **params) -> str:
+    """Runs an operator that must fail; returns its error message."""
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError) as info:
+        execute(name, dataset, **params)
+    return str(info.value)
+
+
+def requests_of(result, operator_uri):
+    return [r.params for r in result.executor._requests if r.operator_uri == operator_uri]
+
+
+# -- data -----------------------------------------------------------------------
+
+
+def pixel_features(image: Image.Image) -> np.ndarray:
+    """A real, if simple, image embedding: the 8x8 RGB thumbnail."""
+    thumb = image.convert("RGB").resize((8, 8), Image.BILINEAR)
+    return np.asarray(thumb, dtype=np.float32).ravel() / 255.0
+
+
+def make_shapes_dataset(directory, count=30, shapes_per_image=2, seed=0, name=None):
+    """PNG images of coloured shapes; ``tile`` is a unique label per sample
+    (``t00``...) and every shape a detection with a unique label (``p00``...),
+    so that a grid's order can be read off the screen. Samples carry
+    ``pixels`` embeddings, detections ``embedding`` ones."""
+    images = tiny_clip.write_shape_images(directory, count, shapes_per_image=shapes_per_image, image_size=96, seed=seed)
+    samples = []
+    patch = 0
+    for i, image in enumerate(images):
+        pixels = Image.open(image.filepath)
+        width, height = pixels.size
+        detections = []
+        for shape in image.shapes:
+            x, y, w, h = shape.bounding_box
+            crop = pixels.crop((int(x * width), int(y * height), int((x + w) * width), int((y + h) * height)))
+            detections.append(
+                fo.Detection(
+                    label="p%02d" % patch,
+                    bounding_box=list(shape.bounding_box),
+                    kind=shape.label,
+                    embedding=pixel_features(crop),
+                )
+            )
+            patch += 1
+        samples.append(
+            fo.Sample(
+                filepath=image.filepath,
+                tile=fo.Classification(label="t%02d" % i),
+                kind=image.label,
+                pixels=pixel_features(pixels),
+                shapes=fo.Detections(detections=detections),
+            )
+        )
+    dataset = fo.Dataset(name)
+    dataset.add_samples(samples, progress=False)
+    return dataset
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny(request, tmp_path_factory):
+    """The tiny CLIP model, trained once and cached (shared with test_models)."""
+    if foq_models is None:
+        pytest.skip("fiftyone_qdrant.models is not importable (torch/open_clip missing)")
+    cache = getattr(request.config, "cache", None)
+    directory = cache.mkdir("tiny-clip") if cache is not None else tmp_path_factory.mktemp("tiny-clip")
+    return tiny_clip.ensure_tiny_clip(directory)
+
+
+@pytest.fixture(scope="module")
+def plugins_dir(tmp_path_factory):
+    """A fresh FiftyOne plugins directory with the plugin linked into it, for
+    this process and for the App server processes started from it.
+
+    The bootstrap hook would find the packaged plugin without this; linking
+    it keeps these tests independent of whether the hook is installed."""
+    directory = str(tmp_path_factory.mktemp("plugins"))
+    plugin.install(directory)
+    saved_env, saved_config = os.environ.get("FIFTYONE_PLUGINS_DIR"), fo.config.plugins_dir
+    os.environ["FIFTYONE_PLUGINS_DIR"] = directory
+    fo.config.plugins_dir = directory
+    yield directory
+    fo.config.plugins_dir = saved_config
+    if saved_env is None:
+        os.environ.pop("FIFTYONE_PLUGINS_DIR", None)
+    else:
+        os.environ["FIFTYONE_PLUGINS_DIR"] = saved_env
+
+
+@pytest.fixture
+def shapes(tmp_path, plugins_dir, store_path):
+    """A small dataset and a store for one operator test."""
+    dataset = make_shapes_dataset(str(tmp_path / "images"), count=12)
+    yield dataset, store_path
+    if not dataset.deleted:
+        dataset.delete()
+
+
+# -- 1. the plugin: manifest, discovery, installation ----------------------------
+
+
+def test_manifest_declares_the_operators_the_module_registers():
+    import yaml
+
+    from fiftyone_qdrant import __version__
+    from fiftyone_qdrant.plugin import operators
+
+    with open(plugin.METADATA_PATH) as f:
+        manifest = yaml.safe_load(f)
+    assert manifest["name"] == plugin.PLUGIN_NAME == operators.PLUGIN_NAME
+    assert manifest["version"] == __version__
+    names = [cls().config.name for cls in operators.OPERATORS]
+    assert manifest["operators"] == names
+    assert "FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY" in manifest["secrets"]
+
+
+def test_discovery_hook_finds_the_packaged_plugin(tmp_path, monkeypatch):
+    """``patch_plugin_discovery`` (applied by the bootstrap hook in every
+    process) makes an empty plugins directory list our plugin, lets users
+    disable it, never deletes package files, and never lists it twice."""
+    import fiftyone.plugins as fop
+    import fiftyone.plugins.core as fopc
+
+    empty = tmp_path / "empty-plugins"
+    empty.mkdir()
+    monkeypatch.setattr(fo.config, "plugins_dir", str(empty))
+    # the test patches (and monkeypatch restores) the real module functions
+    monkeypatch.setattr(fopc, "_iter_plugin_metadata_files", getattr(
+        fopc._iter_plugin_metadata_files, "__wrapped__", fopc._iter_plugin_metadata_files))
+    monkeypatch.setattr(fopc, "delete_plugin", getattr(fopc.delete_plugin, "__wrapped__", fopc.delete_plugin))
+    monkeypatch.setattr(fop, "delete_plugin", fopc.delete_plugin)
+    assert plugin.PLUGIN_NAME not in [p.name for p in fop.list_plugins(enabled="all", builtin="all")]
+
+    plugin.patch_plugin_discovery(fopc)
+    plugin.patch_plugin_discovery(fopc)  # idempotent
+    found = [p for p in fop.list_plugins(enabled="all") if p.name == plugin.PLUGIN_NAME]
+    assert len(found) == 1 and os.path.samefile(found[0].directory, plugin.PLUGIN_DIR)
+    assert not found[0].builtin
+    assert plugin.PLUGIN_NAME in fop.list_downloaded_plugins()
+
+    # the operators load from it
+    from fiftyone.plugins.context import PluginContext
+
+    context = PluginContext(found[0])
+    context.register_all()
+    assert not context.errors, context.errors
+    assert sorted(op.name for op in context.instances) == sorted(
+        ["build_qdrant_index", "list_qdrant_indexes", "delete_qdrant_index", "attach_qdrant_index",
+         "migrate_builtin_qdrant_runs"]
+    )
+
+    with pytest.raises(ValueError, match="ships with the fiftyone-qdrant package"):
+        fop.delete_plugin(plugin.PLUGIN_NAME)
+    assert os.path.isfile(plugin.METADATA_PATH)
+
+    # a linked copy in plugins_dir is the same plugin: listed once
+    plugin.install(str(empty))
+    assert [p.name for p in fop.list_plugins(enabled="all")].count(plugin.PLUGIN_NAME) == 1
+
+    monkeypatch.setenv(plugin.DISABLE_ENV_VAR, "true")
+    plugin.uninstall(str(empty))
+    assert plugin.PLUGIN_NAME not in [p.name for p in fop.list_plugins(enabled="all")]
+
+
+def test_bootstrap_hook_status_is_reported():
+    """Whether this installation discovers the plugin without install():
+    true once ``_bootstrap`` applies ``patch_plugin_discovery``."""
+    import fiftyone.plugins.core as fopc
+
+    hooked = getattr(fopc._iter_plugin_metadata_files, "_fiftyone_qdrant", False)
+    if not hooked:
+        pytest.skip("fiftyone_qdrant._bootstrap does not apply plugin.patch_plugin_discovery yet")
+    assert hooked
+
+
+def test_install_links_or_copies_and_uninstall_removes(tmp_path):
+    import fiftyone.plugins as fop
+
+    target = tmp_path / "plugins"
+    linked = plugin.install(str(target))
+    assert os.path.islink(linked) and os.path.samefile(linked, plugin.PLUGIN_DIR)
+    assert plugin.install(str(target)) == linked  # already there
+    with pytest.raises(FileExistsError):
+        plugin.install(str(target), copy=True)
+    copied = plugin.install(str(target), copy=True, overwrite=True)
+    assert not os.path.islink(copied) and os.path.isfile(os.path.join(copied, "fiftyone.yml"))
+    assert not os.path.exists(os.path.join(copied, "__pycache__"))
+
+    definition = fop.get_plugin(plugin_dir=copied)
+    assert definition.name == plugin.PLUGIN_NAME
+    assert set(definition.operators) >= {"build_qdrant_index", "list_qdrant_indexes"}
+
+    assert plugin.uninstall(str(target)) is True
+    assert not os.path.exists(copied)
+    assert plugin.uninstall(str(target)) is False
+    assert os.path.isfile(plugin.METADATA_PATH)  # the package's files are untouched
+
+
+# -- 1. the operators, through FiftyOne's execution API ---------------------------
+
+
+def test_build_operator_from_an_embeddings_field_reports_progress(shapes):
+    dataset, store = shapes
+    ids = dataset.values("id")
+    result = execute("build_qdrant_index", dataset, brain_key="pix", embeddings_field="pixels", path=store)
+    assert result.error is None, result.error
+
+    progress = requests_of(result, "set_progress")
+    fractions = [p["progress"] for p in progress]
+    assert len(progress) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert "Indexed 12 of 12 samples" in " ".join(p["label"] for p in progress)
+    assert requests_of(result, "reload_dataset") and requests_of(result, "notify")[0]["variant"] == "success"
+
+    index = dataset.load_brain_results("pix")
+    assert index.total_index_size == 12 and index.config.path == store
+    X = np.stack(dataset.values("pixels"))
+    q = X[3] / np.linalg.norm(X[3])
+    expected = [ids[i] for i in np.argsort(1 - (X / np.linalg.norm(X, axis=1, keepdims=True)) @ q, kind="stable")[:5]]
+    assert dataset.sort_by_similarity(ids[3], k=5, brain_key="pix").values("id") == expected
+
+    # the same key again is refused, leaving the index alone
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError, match="Brain key 'pix' already exists"):
+        execute("build_qdrant_index", dataset, brain_key="pix", embeddings_field="pixels", path=store)
+    assert dataset.load_brain_results("pix").total_index_size == 12
+
+
+def test_build_operator_on_patches_and_a_view(shapes):
+    dataset, store = shapes
+    view = dataset.limit(5)
+    result = foo.execute_operator(URI + "build_qdrant_index", ctx={
+        "view": view,
+        "params": {"brain_key": "obj", "patches_field": "shapes", "embeddings_field": "embedding",
+                   "metric": "euclidean", "path": store, "collection_name": "app-test-objects"},
+    })
+    assert result.error is None, result.error
+    index = dataset.load_brain_results("obj")
+    assert index.collection_name == "app-test-objects" and index.config.metric == "euclidean"
+    label_ids = view.values("shapes.detections.id", unwind=True)
+    assert sorted(index.label_ids) == sorted(label_ids) and index.total_index_size == 10
+
+    patches = dataset.to_patches("shapes")
+    emb = {d.id: d.embedding for s in view for d in s.shapes.detections}
+    order = sorted(label_ids, key=lambda l: float(np.linalg.norm(emb[l] - emb[label_ids[0]])))
+    assert patches.sort_by_similarity(label_ids[0], k=4, brain_key="obj").values("id") == order[:4]
+
+
+def test_build_operator_rolls_back_a_failed_build(shapes):
+    dataset, store = shapes
+    dataset.add_sample_field("empty", fo.VectorField)
+    error = execute_fails("build_qdrant_index", dataset, brain_key="bad", embeddings_field="empty", path=store)
+    assert "No embeddings were found in field 'empty'" in error
+    assert not dataset.has_brain_run("bad")
+    assert all(r["collection_name"] != "bad" and not r["collection_name"].endswith("-bad")
+               for r in execute("list_qdrant_indexes", dataset, path=store).result["indexes"])
+    # fixed and re-run: it builds
+    dataset.set_values("empty", dataset.values("pixels"))
+    execute("build_qdrant_index", dataset, brain_key="bad", embeddings_field="empty", path=store)
+    assert dataset.load_brain_results("bad").total_index_size == 12
+
+
+def test_build_operator_with_a_model_supports_text_prompts(shapes, tiny):
+    dataset, store = shapes
+    result = execute(
+        "build_qdrant_index", dataset, brain_key="clip", embeddings_source="model", model="open_clip:" + tiny.arch,
+        model_kwargs=json.dumps(tiny.model_kwargs), batch_size=4, path=store,
+    )
+    assert result.error is None, result.error
+    labels = [p["label"] for p in requests_of(result, "set_progress")]
+    assert any("model 'open_clip:%s'" % tiny.arch in label for label in labels)
+
+    info = dataset.get_brain_info("clip")
+    assert info.config.supports_prompts and info.config.model_spec["model"] == "open_clip:" + tiny.arch
+    index = dataset.load_brain_results("clip", cache=False)  # reloads the model from its spec
+    assert index.total_index_size == 12
+    prompt = "a " + dataset.first().kind
+    query = foq_models.embed_prompts(index.get_model(), prompt)[0]
+    X, sample_ids, _ = index.get_embeddings()
+    scores = (X / np.linalg.norm(X, axis=1, keepdims=True)) @ (query / np.linalg.norm(query))
+    expected = [sample_ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
+    assert dataset.sort_by_similarity(prompt, k=5, brain_key="clip").values("id") == expected
+
+
+def test_list_operator_shows_records_orphans_and_missing_collections(shapes, tmp_path):
+    dataset, store = shapes
+    other = make_shapes_dataset(str(tmp_path / "other"), count=4)
+    execute("build_qdrant_index", dataset, brain_key="pix", embeddings_field="pixels", path=store)
+    execute("build_qdrant_index", other, brain_key="gone", embeddings_field="pixels", path=store)
+    gone_collection = other.load_brain_results("gone").collection_name
+    other.delete()  # its collection stays: an orphan
+
+    listed = execute("list_qdrant_indexes", dataset, path=store).result
+    assert listed["stores"] == ["embedded Qdrant store at '%s'" % store]
+    rows = {r["brain_key"]: r for r in listed["rows"]}
+    assert rows["pix"]["status"] == "attached" and rows["pix"]["size"] == 12
+    assert rows["pix"]["dimension"] == 192 and rows["pix"]["metric"] == "cosine"
+    assert rows["pix"]["dataset_name"] == dataset.name and rows["pix"]["created_at"]
+    assert rows["gone"]["status"] == "orphan: dataset deleted" and rows["gone"]["collection_name"] == gone_collection
+    assert {i["collection_name"] for i in listed["indexes"]} == {r["collection_name"] for r in listed["rows"]}
+    assert listed["missing"] == []
+
+    # a run whose collection was deleted behind FiftyOne's back
+    dataset.load_brain_results("pix").cleanup()
+    listed = execute("list_qdrant_indexes", dataset, path=store).result
+    assert listed["missing"] == [{"brain_key": "pix", "collection_name": rows["pix"]["collection_name"]}]
+
+
+def test_delete_operator_runs_collections_and_orphans(shapes, tmp_path):
+    dataset, store = shapes
+    for key in ("a", "b", "c"):
+        execute("build_qdrant_index", dataset, brain_key=key, embeddings_field="pixels", path=store)
+    names = {key: dataset.load_brain_results(key).collection_name for key in ("a", "b", "c")}
+
+    def collections():
+        return {i["collection_name"] for i in execute("list_qdrant_indexes", dataset, path=store).result["indexes"]}
+
+    # a run and its collection
+    result = execute("delete_qdrant_index", dataset, target="brain_run", brain_key="a", path=store)
+    assert result.error is None and result.result["deleted_collection"] == names["a"]
+    assert not dataset.has_brain_run("a") and names["a"] not in collections()
+
+    # the run only: the vectors stay, as an orphan
+    execute("delete_qdrant_index", dataset, target="brain_run", brain_key="b", delete_collection=False, path=store)
+    assert not dataset.has_brain_run("b") and names["b"] in collections()
+    statuses = {r["collection_name"]: r["status"] for r in execute("list_qdrant_indexes", dataset, path=store).result["rows"]}
+    assert statuses[names["b"]] == "orphan: no run record"  # delete_brain_run() forgets it in the collection
+    result = execute("delete_qdrant_index", dataset, target="collection", collection_name=names["b"], path=store)
+    assert result.error is None and names["b"] not in collections()
+
+    # a collection still in use is refused unless its runs go too
+    error = execute_fails("delete_qdrant_index", dataset, target="collection", collection_name=names["c"], path=store)
+    assert "is used by %s/c" % dataset.name in error
+    assert dataset.has_brain_run("c") and names["c"] in collections()
+    result = execute("delete_qdrant_index", dataset, target="collection", collection_name=names["c"],
+                     delete_runs=True, path=store)
+    assert result.result["deleted_runs"] == ["%s/c" % dataset.name]
+    assert not dataset.has_brain_run("c") and names["c"] not in collections()
+
+    assert "no Qdrant similarity runs" in execute_fails("delete_qdrant_index", dataset, brain_key="nope")
+    execute("build_qdrant_index", dataset, brain_key="d", embeddings_field="pixels", path=store)
+    assert "Invalid enum value" in execute_fails("delete_qdrant_index", dataset, brain_key="nope")
+
+
+def test_attach_operator_reattaches_kept_vectors(shapes):
+    dataset, store = shapes
+    ids = dataset.values("id")
+    execute("build_qdrant_index", dataset, brain_key="pix", embeddings_field="pixels", path=store)
+    expected = dataset.sort_by_similarity(ids[2], k=6, brain_key="pix").values("id")
+    name = dataset.load_brain_results("pix").collection_name
+
+    # FiftyOne loses the run (e.g. its database was restored from an older
+    # backup): the record stored in the collection names the run
+    dataset._doc.brain_methods.pop("pix")
+    dataset.save()
+    rows = execute("list_qdrant_indexes", dataset, path=store).result["rows"]
+    assert [(r["brain_key"], r["status"]) for r in rows] == [("pix", "orphan: brain run deleted")]
+    result = execute("attach_qdrant_index", dataset, collection_name=name, path=store)
+    assert result.result["brain_key"] == "pix"  # from the record stored in the collection
+    assert dataset.sort_by_similarity(ids[2], k=6, brain_key="pix").values("id") == expected
+    rows = execute("list_qdrant_indexes", dataset, path=store).result["rows"]
+    assert [(r["brain_key"], r["status"]) for r in rows] == [("pix", "attached")]
+
+    # a run deleted on purpose, keeping the vectors: attach it under a key
+    execute("delete_qdrant_index", dataset, brain_key="pix", delete_collection=False, path=store)
+    assert "pass brain_key" in execute_fails("attach_qdrant_index", dataset, collection_name=name, path=store)
+    execute("attach_qdrant_index", dataset, collection_name=name, brain_key="pix2", path=store)
+    assert dataset.sort_by_similarity(ids[2], k=6, brain_key="pix2").values("id") == expected
+
+
+def _make_builtin_run(dataset, key, store_path, X):
+    """A run as FiftyOne's built-in Qdrant backend leaves it (its class
+    paths in the run record; no run record in the collection)."""
+    from fiftyone_qdrant.migration import BUILTIN_CONFIG_CLS
+
+    index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key=key, path=store_path)
+    store = index.store
+    store.set_metadata(index.collection_name, {})
+    run_doc = dataset._doc.brain_methods[key]
+    run_doc.config = dict(run_doc.config, cls=BUILTIN_CONFIG_CLS)
+    results = json.loads(run_doc.results.read().decode())
+    results["cls"] = BUILTIN_CONFIG_CLS.replace("Config", "Index")
+    run_doc.results.delete()
+    run_doc.results.put(json.dumps(results).encode(), content_type="application/json")
+    run_doc.save()
+    dataset.save()
+
+
+def test_migrate_operator_moves_builtin_runs(shapes):
+    from fiftyone_qdrant.migration import builtin_run_keys
+
+    dataset, store = shapes
+    X = np.stack(dataset.values("pixels"))
+    _make_builtin_run(dataset, "legacy", store, X)
+    _make_builtin_run(dataset, "legacy2", store, X)
+    assert builtin_run_keys(dataset) == ["legacy", "legacy2"]
+    rows = execute("list_qdrant_indexes", dataset, path=store).result["rows"]
+    assert [r["status"] for r in rows] == ["orphan: no run record"] * 2
+
+    result = execute("migrate_builtin_qdrant_runs", dataset, brain_keys=["legacy"], path=store)
+    assert result.error is None, result.error
+    assert result.result["migrated"] == ["legacy"]
+    dataset.reload()
+    assert builtin_run_keys(dataset) == ["legacy2"]
+    assert dataset._doc.brain_methods["legacy"].config["cls"] == "fiftyone_qdrant.similarity.QdrantSimilarityConfig"
+    statuses = {r["brain_key"]: r["status"] for r in execute("list_qdrant_indexes", dataset, path=store).result["rows"]}
+    assert statuses.get("legacy") == "attached"
+
+    assert "Not runs of the built-in" in execute_fails("migrate_builtin_qdrant_runs", dataset, brain_keys=["nope"])
+    assert execute("migrate_builtin_qdrant_runs", dataset, path=store).result["migrated"] == ["legacy2"]
+    assert builtin_run_keys(dataset) == []
+
+
+def test_operator_forms_resolve(shapes):
+    """The App renders each operator's form from resolve_input()."""
+    import asyncio
+
+    from fiftyone.operators.executor import resolve_type
+
+    dataset, store = shapes
+    execute("build_qdrant_index", dataset, brain_key="pix", embeddings_field="pixels", path=store)
+    registry = foo.registry.OperatorRegistry()
+
+    def form(name, **params):
+        request = {"dataset_name": dataset.name, "view": dataset.view()._serialize(), "params": params}
+        resolved = asyncio.run(resolve_type(registry, URI + name, request))
+        return resolved.to_json()["type"]["properties"]
+
+    build = form("build_qdrant_index", brain_key="pix")
+    assert build["brain_key"]["invalid"] and "already exists" in build["brain_key"]["error_message"]
+    assert [c["value"] for c in build["embeddings_field"]["view"]["choices"]] == ["pixels"]
+    assert "shapes" in [c["value"] for c in build["patches_field"]["view"]["choices"]]
+    patch_form = form("build_qdrant_index", patches_field="shapes")
+    assert [c["value"] for c in patch_form["embeddings_field"]["view"]["choices"]] == ["embedding"]
+    assert "model" in form("build_qdrant_index", embeddings_source="model")
+    delete = form("delete_qdrant_index", target="brain_run")
+    assert delete["brain_key"]["type"]["values"] == ["pix"]
+    collections = form("delete_qdrant_index", target="collection", path=store)["collection_name"]["type"]["values"]
+    assert collections == [dataset.load_brain_results("pix").collection_name]
+    assert form("migrate_builtin_qdrant_runs")["none"]["invalid"]
+
+
+# -- 2. the App server: a separate process on the same embedded store ---------------
+
+
+class AppServer:
+    """A running App server and a few calls the App itself makes."""
+
+    def __init__(self, session, port):
+        self.session = session
+        self.port = port
+        self.url = "http://127.0.0.1:%d" % port
+
+    def post(self, route, body, stream=False):
+        request = urllib.request.Request(
+            self.url + route, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            text = response.read().decode()
+        if stream:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+
+    def operator(self, uri, dataset, params, view=None, selected=(), stream=False):
+        body = {
+            "dataset_name": dataset.name,
+            "operator_uri": uri,
+            "params": params,
+            "view": view._serialize() if view is not None else [],
+            "selected": list(selected),
+            "selected_labels": [],
+            "current_sample": None,
+            "extended": {},
+            "filters": {},
+        }
+        return self.post("/operators/execute" + ("/generator" if stream else ""), body, stream=stream)
+
+    def similarity_search(self, dataset, brain_key, query, patches_field=None, view=None):
+        """What the App's "sort by similarity" popover runs; returns the
+        result ids, in order, that the App then shows in the grid."""
+        from bson import ObjectId
+        from fiftyone.operators.store import ExecutionStore
+
+        params = {
+            "brain_key": brain_key,
+            "query_type": "text" if isinstance(query, str) else "image",
+            "query": query,
+            "reverse": False,
+            "k": K,
+            "view_target": "CURRENT_VIEW",
+        }
+        if patches_field:
+            params["patches_field"] = patches_field
+        reply = self.operator("@voxel51/panels/similarity_search", dataset, params, view=view)
+        assert reply.get("error") is None, reply.get("error")
+        run = ExecutionStore.create("similarity_search_panel", ObjectId(str(dataset._doc.id))).get(
+            "run:" + reply["result"]["run_id"]
+        )
+        assert run["status"] == "completed", run
+        return run["result_ids"]
+
+
+@pytest.fixture(scope="module")
+def app_store(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("qdrant-app"))
+
+
+@pytest.fixture(scope="module")
+def app_dataset(tmp_path_factory, plugins_dir, app_store, request):
+    """30 images, 2 shapes each, with two indexes built here with our
+    operator: ``clip`` (whole images, tiny CLIP: text prompts) and ``obj``
+    (the shapes, as patches). Without the CLIP model: pixel embeddings."""
+    dataset = make_shapes_dataset(str(tmp_path_factory.mktemp("app-images")), count=30)
+    dataset.persistent = True  # outlives nothing; deleted below
+    try:
+        tiny_model = request.getfixturevalue("tiny")
+    except pytest.skip.Exception:
+        tiny_model = None
+    common = {"path": app_store}
+    if tiny_model is not None:
+        model = {"embeddings_source": "model", "model": "open_clip:" + tiny_model.arch,
+                 "model_kwargs": json.dumps(tiny_model.model_kwargs), "batch_size": 16}
+        sample_key, patch_params = "clip", dict(model)
+        sample_params = dict(model)
+    else:
+        sample_key, sample_params = "img", {"embeddings_field": "pixels"}
+        patch_params = {"embeddings_field": "embedding"}
+    for key, params in ((sample_key, sample_params), ("obj", dict(patch_params, patches_field="shapes"))):
+        result = execute("build_qdrant_index", dataset, brain_key=key, **params, **common)
+        assert result.error is None, result.error
+    yield dataset
+    for key in dataset.list_brain_runs():
+        dataset.load_brain_results(key).cleanup()
+    dataset.delete()
+
+
+@pytest.fixture(scope="module")
+def sample_key(app_dataset):
+    """The index of whole images: ``clip`` (text prompts) or ``img``."""
+    return "clip" if app_dataset.has_brain_run("clip") else "img"
+
+
+@pytest.fixture(scope="module")
+def app(app_dataset):
+    """The App, served by a separate process, while this process (the
+    "notebook") keeps the indexes it built open."""
+    port = free_port()
+    session = fo.launch_app(app_dataset, remote=True, address="127.0.0.1", port=port, auto=False)
+    server = AppServer(session, port)
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(server.url + "/", timeout=5).read()
+            break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+    yield server
+    session.close()
+
+
+def test_app_serves_the_frontend_and_lists_our_operators(app, app_dataset, app_store):
+    html = urllib.request.urlopen(app.url + "/datasets/" + app_dataset.name, timeout=30).read().decode()
+    assert "<script" in html  # the installed fiftyone ships the App's static build
+    listed = app.post("/operators", {"dataset_name": app_dataset.name})
+    uris = {op["uri"] for op in listed["operators"]}
+    assert {URI + n for n in ("build_qdrant_index", "list_qdrant_indexes", "delete_qdrant_index",
+                              "attach_qdrant_index", "migrate_builtin_qdrant_runs")} <= uris
+    assert not [e for e in listed["errors"] if plugin.PLUGIN_NAME in json.dumps(e)]
+    # no store given: the default store and the stores this dataset's runs use
+    reply = app.operator(URI + "list_qdrant_indexes", app_dataset, {})
+    assert reply["error"] is None, reply
+    assert "embedded Qdrant store at '%s'" % app_store in reply["result"]["stores"]
+    rows = [r for r in reply["result"]["rows"] if r["dataset_name"] == app_dataset.name]
+    assert sorted(r["brain_key"] for r in rows) == sorted(app_dataset.list_brain_runs())
+    assert {r["status"] for r in rows} == {"attached"}
+
+
+def test_app_sorts_selected_samples_like_the_backend(app, app_dataset, sample_key):
+    key = sample_key
+    ids = app_dataset.values("id")
+    for query in ([ids[0]], [ids[4], ids[9]]):
+        got = app.similarity_search(app_dataset, key, query)
+        assert got == app_dataset.sort_by_similarity(query, k=K, brain_key=key).values("id")
+        assert len(got) == K
+    assert app.similarity_search(app_dataset, key, [ids[0]])[0] == ids[0]
+
+
+def test_app_sorts_similar_objects_on_patches(app, app_dataset):
+    patches = app_dataset.to_patches("shapes")
+    label_id = patches.values("id")[7]
+    got = app.similarity_search(app_dataset, "obj", [label_id], patches_field="shapes", view=patches)
+    assert got == patches.sort_by_similarity(label_id, k=K, brain_key="obj").values("id")
+    assert got[0] == label_id
+
+
+def test_app_answers_text_prompts(app, app_dataset, sample_key):
+    key = sample_key
+    if not app_dataset.get_brain_info(key).config.supports_prompts:
+        pytest.skip("no prompt-capable model (fiftyone_qdrant.models / tiny CLIP unavailable)")
+    for prompt in ("a red circle", "a blue square"):
+        got = app.similarity_search(app_dataset, key, prompt)
+        assert got == app_dataset.sort_by_similarity(prompt, k=K, brain_key=key).values("id")
+
+
+def test_app_sees_writes_made_by_this_process(app, app_dataset, sample_key):
+    """This process keeps writing to the index while the App server reads
+    it: each query there reflects the latest write here."""
+    key = sample_key
+    ids = app_dataset.values("id")
+    index = app_dataset.load_brain_results(key)
+    before = app.similarity_search(app_dataset, key, [ids[0]])
+    removed = before[1:4]
+    vectors, removed_ids, _ = index.get_embeddings(sample_ids=removed)
+    index.remove_from_index(sample_ids=removed)
+    try:
+        after = app.similarity_search(app_dataset, key, [ids[0]])
+        assert not set(removed) & set(after)
+        assert after == app_dataset.sort_by_similarity(ids[0], k=K, brain_key=key).values("id")
+    finally:
+        index.add_to_index(vectors, removed_ids)
+    assert app.similarity_search(app_dataset, key, [ids[0]]) == before
+
+
+def test_app_builds_an_index_with_streamed_progress(app, app_dataset, app_store):
+    """The build operator as the App runs it (a generator, streamed)."""
+    messages = app.operator(
+        URI + "build_qdrant_index", app_dataset,
+        {"brain_key": "zz_app_built", "embeddings_field": "pixels", "path": app_store}, stream=True,
+    )
+    invoked = [(m["body"]["operator_uri"], m["body"]["params"]) for m in messages if m.get("body")]
+    progress = [p["progress"] for uri, p in invoked if uri == "set_progress"]
+    assert progress and progress == sorted(progress) and progress[-1] == 1.0
+    assert ("reload_dataset", {}) in invoked
+    app_dataset.reload()
+    try:
+        index = app_dataset.load_brain_results("zz_app_built")
+        assert index.total_index_size == 30
+        ids = app_dataset.values("id")
+        assert app.similarity_search(app_dataset, "zz_app_built", [ids[3]]) == \
+            app_dataset.sort_by_similarity(ids[3], k=K, brain_key="zz_app_built").values("id")
+    finally:
+        reply = app.operator(URI + "delete_qdrant_index", app_dataset, {"brain_key": "zz_app_built"})
+        assert reply["error"] is None, reply
+        app_dataset.reload()
+    assert not app_dataset.has_brain_run("zz_app_built")
+
+
+# -- 3. a real browser --------------------------------------------------------------
+
+
+def _playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium not found at %s (apt-get install chromium)" % CHROMIUM)
+    return sync_playwright
+
+
+class Browser:
+    """Drives the App like a person: clicks, typing, reading the grid."""
+
+    def __init__(self, page, app, shots_dir):
+        self.page = page
+        self.app = app
+        self.shots_dir = shots_dir
+        self.searches = []  # (params, run_id) of the App's similarity searches
+        page.on("requestfinished", self._on_request)
+
+    def _on_request(self, request):
+        if not request.url.endswith("/operators/execute") or not request.post_data:
+            return
+        body = json.loads(request.post_data)
+        if body.get("operator_uri") != "@voxel51/panels/similarity_search":
+            return
+        response = request.response()
+        result = response.json() if response is not None else {}
+        self.searches.append((body["params"], (result.get("result") or {}).get("run_id"), result.get("error")))
+
+    def open(self, dataset):
+        self.page.goto("%s/datasets/%s" % (self.app.url, dataset.name))
+        self.page.wait_for_selector('[data-cy="looker"]', timeout=90000)
+        dismiss = self.page.get_by_text("Dismiss", exact=True)
+        if dismiss.count():
+            dismiss.first.click()
+
+    def grid(self, tag):
+        """The labels shown on the grid's tiles, in reading order."""
+        tiles = []
+        for looker in self.page.query_selector_all('[data-cy="looker"]'):
+            box = looker.bounding_box()
+            label = looker.query_selector('[data-cy="tag-%s"]' % tag)
+            if box is not None and label is not None:
+                tiles.append((round(box["y"]), box["x"], label.inner_text().strip()))
+        return [label for _, _, label in sorted(tiles)]
+
+    def wait_for_grid(self, tag, count, timeout=60):
+        deadline, last, stable = time.time() + timeout, None, 0
+        while time.time() < deadline:
+            labels = self.grid(tag)
+            if labels and (count is None or len(labels) == count) and labels == last:
+                stable += 1
+                if stable >= 2:
+                    return labels
+            else:
+                stable = 0
+            last = labels
+            self.page.wait_for_timeout(500)
+        raise AssertionError("the grid did not settle on %s tiles; it shows %s" % (count, last))
+
+    def select_tile(self, index):
+        looker = self.page.locator('[data-cy="looker"]').nth(index)
+        box = looker.bounding_box()
+        self.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        checkbox = looker.locator('[data-cy="looker-checkbox-"]')
+        checkbox.wait_for(state="visible", timeout=10000)
+        checkbox.click()
+
+    def _run_search(self, start):
+        n = len(self.searches)
+        start()
+        deadline = time.time() + 120
+        while len(self.searches) == n:
+            if time.time() > deadline:
+                raise AssertionError("the App sent no similarity search")
+            self.page.wait_for_timeout(250)
+        params, run_id, error = self.searches[-1]
+        assert error is None and run_id, error
+        # the App opens its Similarity Search panel with the new run: show it
+        card = self.page.locator('[data-testid="%s"]' % run_id)
+        card.wait_for(timeout=60000)
+        card.locator('[aria-label="Show results"]').click(force=True)  # the card is aria-disabled while sortable
+        return params
+
+    def sort_selected_by_similarity(self):
+        def start():
+            self.click_action("action-sort-by-similarity")
+            self.page.get_by_text("Show similar samples").click()
+
+        return self._run_search(start)
+
+    def search_text(self, prompt):
+        def start():
+            self.click_action("action-sort-by-similarity")
+            box = self.page.get_by_placeholder("Type anything!")
+            box.fill(prompt)
+            box.press("Enter")
+
+        return self._run_search(start)
+
+    def click_action(self, data_cy):
+        """Clicks a grid action; a narrow grid (e.g. beside the similarity
+        panel) moves actions into the row's overflow menu."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            self.page.locator('[data-cy="fo-grid-actions"] [data-cy="%s"]' % data_cy).first.click(timeout=5000)
+        except PlaywrightTimeout:
+            self.page.locator('[data-cy="fo-grid-actions"] [data-testid="ExpandMoreIcon"]').first.click()
+            self.page.wait_for_timeout(500)
+            self.page.locator('[data-cy="%s"]' % data_cy).last.click(timeout=10000)
+
+    def close_similarity_panel(self):
+        self.page.locator('[data-cy="panel-tab-similarity_search_panel"] [title="Close"]').click()
+
+    def clear_view(self):
+        self.page.locator('[data-cy="btn-clear-view-bar"]').click(force=True)
+
+    def to_patches(self, field):
+        self.click_action("action-clips-patches")
+        self.page.get_by_text(field, exact=True).last.click()
+
+    def screenshot(self, name):
+        path = os.path.join(self.shots_dir, name)
+        self.page.screenshot(path=path)
+        os.makedirs(ARTIFACTS_DIR, exist_ok=True)
+        shutil.copy(path, os.path.join(ARTIFACTS_DIR, name))
+        return path
+
+
+@pytest.fixture(scope="module")
+def browser(app, tmp_path_factory):
+    sync_playwright = _playwright()
+    shots = str(tmp_path_factory.mktemp("screenshots"))
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = chromium.new_page(viewport={"width": 1600, "height": 1100})
+        try:
+            yield Browser(page, app, shots)
+        finally:
+            chromium.close()
+
+
+@pytest.mark.browser
+def test_browser_select_samples_and_sort_by_similarity(browser, app_dataset, sample_key):
+    ids = app_dataset.values("id")
+    tile_to_id = dict(zip(app_dataset.values("tile.label"), ids))
+    key = sample_key
+
+    browser.open(app_dataset)
+    assert browser.wait_for_grid("tile", 30) == ["t%02d" % i for i in range(30)]
+    browser.screenshot("app-grid.png")
+
+    # one sample
+    browser.select_tile(0)
+    params = browser.sort_selected_by_similarity()
+    assert params["brain_key"] == key and params["query"] == [ids[0]] and params["k"] == K
+    shown = browser.wait_for_grid("tile", K)
+    browser.screenshot("app-sort-by-similarity.png")
+    assert [tile_to_id[t] for t in shown] == app_dataset.sort_by_similarity(ids[0], k=K, brain_key=key).values("id")
+
+    # two samples: their mean
+    browser.clear_view()
+    browser.wait_for_grid("tile", 30)
+    browser.select_tile(5)
+    browser.select_tile(12)
+    params = browser.sort_selected_by_similarity()
+    assert sorted(params["query"]) == sorted([ids[5], ids[12]])
+    shown = browser.wait_for_grid("tile", K)
+    assert [tile_to_id[t] for t in shown] == \
+        app_dataset.sort_by_similarity(params["query"], k=K, brain_key=key).values("id")
+    browser.clear_view()
+    browser.wait_for_grid("tile", 30)
+
+
+@pytest.mark.browser
+def test_browser_text_prompt_follows_writes_from_this_process(browser, app_dataset, sample_key):
+    key = sample_key
+    if not app_dataset.get_brain_info(key).config.supports_prompts:
+        pytest.skip("no prompt-capable model (fiftyone_qdrant.models / tiny CLIP unavailable)")
+    tile_to_id = dict(zip(app_dataset.values("tile.label"), app_dataset.values("id")))
+    browser.open(app_dataset)
+    browser.wait_for_grid("tile", 30)
+
+    params = browser.search_text("a red circle")
+    assert params == dict(params, brain_key=key, query_type="text", query="a red circle")
+    shown = [tile_to_id[t] for t in browser.wait_for_grid("tile", K)]
+    browser.screenshot("app-text-search.png")
+    expected = app_dataset.sort_by_similarity("a red circle", k=K, brain_key=key).values("id")
+    assert shown == expected
+
+    # this process (the "notebook") removes the best match; the App's next
+    # search, in its own process, no longer returns it
+    index = app_dataset.load_brain_results(key)
+    vectors, removed, _ = index.get_embeddings(sample_ids=expected[:1])
+    index.remove_from_index(sample_ids=expected[:1])
+    try:
+        browser.clear_view()
+        browser.wait_for_grid("tile", 30)
+        browser.search_text("a red circle")
+        shown = [tile_to_id[t] for t in browser.wait_for_grid("tile", K)]
+        assert expected[0] not in shown
+        assert shown == app_dataset.sort_by_similarity("a red circle", k=K, brain_key=key).values("id")
+    finally:
+        index.add_to_index(vectors, removed)
+        browser.clear_view()
+        browser.wait_for_grid("tile", 30)
+
+
+@pytest.mark.browser
+def test_browser_patches_sort_by_similar_objects(browser, app_dataset):
+    patches = app_dataset.to_patches("shapes")
+    label_to_id = dict(zip(patches.values("shapes.label"), patches.values("id")))
+    browser.open(app_dataset)
+    browser.wait_for_grid("tile", 30)
+
+    browser.to_patches("shapes")
+    first = browser.wait_for_grid("shapes", None)[0]
+    browser.screenshot("app-patches.png")
+    browser.select_tile(0)
+    params = browser.sort_selected_by_similarity()
+    assert params["brain_key"] == "obj" and params["patches_field"] == "shapes"
+    (query,) = params["query"]
+    assert label_to_id[first] == query
+    shown = browser.wait_for_grid("shapes", K)
+    browser.screenshot("app-patches-similar-objects.png")
+    assert [label_to_id[t] for t in shown] == patches.sort_by_similarity(query, k=K, brain_key="obj").values("id")
+    browser.clear_view()

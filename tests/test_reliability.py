@@ -1,0 +1,638 @@
+"""Reliability: what real use throws at a similarity index.
+
+1. a build, add or removal killed with SIGKILL part way, then re-run;
+2. one process writing while another queries the same embedded store;
+3. unreachable or misconfigured servers;
+4. stateful fuzzing against a numpy model, and fuzzed bad inputs;
+5. an API key that must never leak;
+6. hostile collection names, brain keys and dataset names.
+
+Crash and concurrency tests run the other side in a subprocess
+(``helpers_reliability.py``) that shares this session's MongoDB
+(``FIFTYONE_DATABASE_DIR``) and the test's embedded store path.
+"""
+
+import http.server
+import json
+import logging
+import multiprocessing
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+import fiftyone.brain as fob
+
+import fiftyone_qdrant as foq
+from fiftyone_qdrant.connection import ConnectionSettings, close_all
+
+from conftest import exact_distances, exact_top_k, make_dataset, random_embeddings
+
+# -- shared helpers -----------------------------------------------------------
+
+
+def assert_neighbors_exact(got_ids, got_dists, ids, X, query, metric, k, reverse=False, where=""):
+    """``got_*`` is the exact top-k of ``query`` over (ids, X), up to ties:
+    same distances, and every returned id sits at its true distance."""
+    expected_ids, expected_dists = exact_top_k(ids, X, query, metric, k=k, reverse=reverse)
+    assert len(got_ids) == len(expected_ids), where
+    np.testing.assert_allclose(got_dists, expected_dists, rtol=1e-4, atol=1e-4, err_msg=where)
+    if len(ids):
+        position = {i: n for n, i in enumerate(ids)}
+        true = exact_distances(X, query, metric)[[position[i] for i in got_ids]]
+        np.testing.assert_allclose(got_dists, true, rtol=1e-4, atol=1e-4, err_msg=where)
+    assert len(set(got_ids)) == len(got_ids), where
+
+
+def point_ids(index):
+    return [r.id for page in index.store.scroll(index.collection_name, page_size=5000) for r in page]
+
+
+def assert_index_is(index, ids, X, metric="cosine", probes=4, seed=0):
+    """The index holds exactly ``ids`` (each once) with vectors ``X``, and
+    answers queries exactly."""
+    ids = list(ids)
+    assert index.total_index_size == len(ids)
+    points = point_ids(index)
+    assert len(points) == len(set(points)) == len(ids), "duplicate or missing points"
+    assert sorted(index.sample_ids) == sorted(ids)
+    emb, sids, _ = index.get_embeddings(ids, allow_missing=False)
+    assert list(sids) == ids
+    np.testing.assert_allclose(emb, X, rtol=1e-4, atol=1e-4)
+    rng = np.random.default_rng(seed)
+    queries = list(rng.normal(size=(probes, X.shape[1])).astype(np.float32))
+    for q in queries:
+        got, _, dists = index._kneighbors(query=q, k=10, return_dists=True)
+        assert_neighbors_exact(got, dists, ids, X, q, metric, 10)
+    # every point is searchable (a corrupt shard can count points that no
+    # query finds)
+    got, _, dists = index._kneighbors(query=queries[0], k=None, return_dists=True)
+    assert len(got) == len(ids) and set(got) == set(ids)
+    i = int(rng.integers(len(ids)))
+    got, _, dists = index._kneighbors(query=ids[i], k=10, return_dists=True)
+    assert_neighbors_exact(got, dists, ids, X, X[i], metric, 10)
+    assert got[0] == ids[i]
+
+
+def _mp_context():
+    """A forkserver that imports FiftyOne once; each helper process is a
+    fresh fork of it, with no database connection, and this session's
+    environment. (The forkserver cannot preload ``helpers_reliability``
+    itself: it does not see this directory on its path.)"""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(
+        ["numpy", "fiftyone", "fiftyone.brain", "fiftyone_qdrant.embedded", "fiftyone_qdrant.similarity"]
+    )
+    return ctx
+
+
+def start_helper(spec):
+    """Starts the helper process; returns (process, progress connection)."""
+    import helpers_reliability
+
+    ctx = _mp_context()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=helpers_reliability.child, args=(spec, send), daemon=True)
+    proc.start()
+    send.close()
+    return proc, recv
+
+
+def drain(recv, lines):
+    """Appends the helper's pending progress lines; False once it is gone."""
+    try:
+        while recv.poll():
+            lines.append(recv.recv())
+    except (EOFError, OSError):
+        return False
+    return True
+
+
+def run_helper(spec, kill_at_write=None, kill_delay=0.0, timeout=180):
+    """Runs the helper; with ``kill_at_write`` the test SIGKILLs it
+    ``kill_delay`` s after it announced that write. Returns (exit code,
+    progress lines)."""
+    proc, recv = start_helper(spec)
+    lines = []
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if recv.poll(0.05):
+                try:
+                    line = recv.recv()
+                except EOFError:
+                    break
+                lines.append(line)
+                if kill_at_write is not None and line == "W %d" % kill_at_write:
+                    time.sleep(kill_delay)
+                    proc.kill()
+            elif not proc.is_alive():
+                break
+        proc.join(max(1, deadline - time.time()))
+        assert proc.exitcode is not None, "helper ran past %d s" % timeout
+        return proc.exitcode, lines
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        recv.close()
+
+
+# -- 1. crash mid-build, mid-add, mid-remove ----------------------------------
+
+CRASH_N, CRASH_DIM = 20000, 64
+
+
+@pytest.fixture(scope="module")
+def crash_data(tmp_path_factory):
+    """A 20k-sample dataset and 20k x 64 embeddings, shared by the crash
+    tests (each uses its own store and brain key)."""
+    folder = tmp_path_factory.mktemp("crash")
+    dataset = make_dataset(CRASH_N)
+    ids = dataset.values("id")
+    X = random_embeddings(CRASH_N, CRASH_DIM, seed=42)
+    np.save(folder / "X.npy", X)
+    (folder / "ids.json").write_text(json.dumps(ids))
+    yield dataset, ids, X, str(folder / "X.npy"), str(folder / "ids.json")
+    dataset.delete()
+
+
+def _spec(crash_data, store_path, op, key, fault=None, **kwargs):
+    dataset, _, _, x_path, ids_path = crash_data
+    spec = dict(op=op, dataset=dataset.name, brain_key=key, path=store_path, embeddings=x_path, ids=ids_path)
+    spec.update(kwargs)
+    if fault:
+        spec["fault"] = fault
+    return spec
+
+
+def _assert_killed(rc, lines):
+    assert rc == -signal.SIGKILL, "the helper was not killed (exit code %s), last lines: %s" % (rc, lines[-5:])
+    assert "DONE" not in lines
+
+
+# (fault point, write number, delay): writes are numbered from 1; a build of
+# 20k in batches of 1000 makes 20 writes
+BUILD_FAULTS = [
+    pytest.param(("after_update", 7, 0.0), id="after-update"),
+    pytest.param(("mid_flush", 11, 0.001), id="mid-flush", marks=pytest.mark.slow),
+    pytest.param(("mid_load", 20, 0.01), id="mid-consolidation", marks=pytest.mark.slow),
+    pytest.param(("in_create", 0, 0.0), id="in-create", marks=pytest.mark.slow),
+    pytest.param(("timed", None, None), id="sigkill-from-outside", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("fault", BUILD_FAULTS)
+def test_build_killed_part_way_then_rerun_is_exact(crash_data, store_path, fault):
+    dataset, ids, X, _, _ = crash_data
+    point, write, delay = fault
+    key = "crash_" + point
+    if point == "timed":
+        seed = int(time.time())
+        rng = random.Random(seed)
+        write, delay = rng.randint(2, 18), rng.uniform(0.0, 0.08)
+        rc, lines = run_helper(
+            _spec(crash_data, store_path, "build", key, fault={"point": "none"}), kill_at_write=write, kill_delay=delay
+        )
+    else:
+        seed = None
+        rc, lines = run_helper(
+            _spec(crash_data, store_path, "build", key, fault={"point": point, "write": write, "delay": delay})
+        )
+    _assert_killed(rc, lines)
+
+    # the crashed build left a run without results (the process died)
+    dataset.reload()
+    assert key in dataset.list_brain_runs()
+
+    # re-running the same call resumes and completes the index
+    index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key=key, path=store_path, progress=False)
+    assert dataset.list_brain_runs() == [key] or key in dataset.list_brain_runs()
+    assert_index_is(index, ids, X)
+    view = dataset.sort_by_similarity(ids[123], k=5, brain_key=key)
+    assert view.values("id") == exact_top_k(ids, X, X[123], "cosine", k=5)[0], "seed=%s" % seed
+
+    # no debris of the killed process is left in the store
+    assert not [e for e in os.listdir(os.path.join(store_path, "collections")) if e.startswith(".")]
+
+    # what is on disk, read by a fresh handle
+    close_all()
+    dataset.reload()
+    assert_index_is(dataset.load_brain_results(key, cache=False), ids, X, seed=1)
+    dataset.delete_brain_run(key)
+
+
+@pytest.mark.slow
+def test_add_to_index_killed_part_way_then_rerun_is_exact(crash_data, store_path):
+    dataset, ids, X, _, _ = crash_data
+    half = CRASH_N // 2
+    key = "crash_add"
+    fault = ("after_flush", 4, 0.0)
+    fob.compute_similarity(dataset.limit(half), embeddings=X[:half], backend="qdrant", brain_key=key, path=store_path, progress=False)
+    close_all()
+
+    point, write, delay = fault
+    rc, lines = run_helper(
+        _spec(crash_data, store_path, "add", key, start=half, stop=CRASH_N, fault={"point": point, "write": write, "delay": delay})
+    )
+    _assert_killed(rc, lines)
+
+    dataset.reload()
+    index = dataset.load_brain_results(key, cache=False)
+    # whatever survived is a prefix of batches, never a corrupt vector
+    present = set(index.sample_ids)
+    assert set(ids[:half]) <= present <= set(ids)
+    index.add_to_index(X[half:], ids[half:])
+    assert_index_is(index, ids, X)
+    close_all()
+    assert_index_is(dataset.load_brain_results(key, cache=False), ids, X, seed=2)
+    dataset.delete_brain_run(key)
+
+
+@pytest.mark.slow
+def test_remove_from_index_killed_part_way_then_rerun_is_exact(crash_data, store_path):
+    dataset, ids, X, _, _ = crash_data
+    key = "crash_remove"
+    fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key=key, path=store_path, progress=False)
+    close_all()
+
+    gone = slice(2000, 9000)  # 7 deletes of 1000
+    rc, lines = run_helper(
+        _spec(crash_data, store_path, "remove", key, start=gone.start, stop=gone.stop, fault={"point": "after_update", "write": 4})
+    )
+    _assert_killed(rc, lines)
+
+    dataset.reload()
+    index = dataset.load_brain_results(key, cache=False)
+    present = set(index.sample_ids)
+    assert set(ids[: gone.start]) | set(ids[gone.stop :]) <= present
+    index.remove_from_index(ids[gone])
+    keep = np.r_[0 : gone.start, gone.stop : CRASH_N]
+    assert_index_is(index, [ids[i] for i in keep], X[keep])
+    close_all()
+    assert_index_is(dataset.load_brain_results(key, cache=False), [ids[i] for i in keep], X[keep], seed=3)
+    dataset.delete_brain_run(key)
+
+
+@pytest.mark.slow
+def test_repeated_crashes_including_during_recovery(crash_data, store_path):
+    """SIGKILL at random moments, again and again (the re-run is killed
+    too); whatever survives is never corrupt, and a last re-run is exact."""
+    dataset, ids, X, _, _ = crash_data
+    key = "crash_repeated"
+    seed = int(time.time())
+    rng = random.Random(seed)
+    position = {i: n for n, i in enumerate(ids)}
+    faults = 0
+    for attempt in range(3):
+        write, delay = rng.randint(1, 20), rng.uniform(0.0, 0.1)
+        rc, lines = run_helper(
+            _spec(crash_data, store_path, "build", key, fault={"point": "none"}), kill_at_write=write, kill_delay=delay
+        )
+        assert rc in (-signal.SIGKILL, 0), "seed=%d: %s" % (seed, lines[-3:])
+        if rc == 0:  # finished before the kill: nothing more to resume
+            break
+        faults += 1
+        close_all()
+        store = ConnectionSettings(path=store_path).open()
+        name = "fiftyone-%s-%s" % (fo.core.utils.to_slug(dataset.name), fo.core.utils.to_slug(key))
+        if store.collection_exists(name):  # else killed before it was created
+            records = [r for page in store.scroll(name, with_vectors=True) for r in page]
+            sids = [r.payload["sample_id"] for r in records]
+            emb = np.array([r.vector * r.payload["embedding_norm"] for r in records]).reshape(len(records), CRASH_DIM)
+            assert len(set(sids)) == len(sids) == store.count(name), "seed=%d" % seed
+            np.testing.assert_allclose(emb, X[[position[i] for i in sids]], rtol=1e-4, atol=1e-4, err_msg="seed=%d" % seed)
+        close_all()
+
+    dataset.reload()
+    if rc != 0:
+        fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key=key, path=store_path, progress=False)
+    close_all()
+    dataset.reload()
+    assert_index_is(dataset.load_brain_results(key, cache=False), ids, X, seed=seed)
+    dataset.delete_brain_run(key)
+
+
+_HOLDER = """
+import sys
+import numpy as np
+from fiftyone_qdrant.embedded import EmbeddedStore
+store = EmbeddedStore(sys.argv[1])
+print(store.count("c"), len(store.query_batch("c", np.ones((1, 8)), 10000)[0]), flush=True)
+sys.stdin.readline()
+if sys.argv[2] == "close":
+    store.close()
+# else: exit with the handle open (interpreter teardown)
+"""
+
+
+@pytest.mark.parametrize("how", ["close", "exit"])
+def test_stale_store_handle_closed_or_dropped_never_overwrites_newer_data(tmp_path, how):
+    """Engine-level guard: a process that loaded the shard, then closes it
+    (or just exits) after another process wrote, must not flush its stale
+    state over the new one (points would stay counted but unsearchable)."""
+    from fiftyone_qdrant.embedded import EmbeddedStore
+    from fiftyone_qdrant.engine import CollectionSpec
+
+    root = str(tmp_path / "store")
+    ids = [str(__import__("uuid").UUID(int=i + 1)) for i in range(900)]
+    X = random_embeddings(900, 8, seed=5)
+    writer = EmbeddedStore(root)
+    writer.create_collection("c", CollectionSpec(8, "euclidean"), {})
+    writer.upsert("c", ids[:600], X[:600], [{} for _ in range(600)])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, root, how], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().split() == ["600", "600"], holder.stderr.read()
+        for lo in range(600, 900, 100):  # three write sessions
+            writer.upsert("c", ids[lo : lo + 100], X[lo : lo + 100], [{} for _ in range(100)])
+        writer.delete("c", ids[:50])
+        writer.close()  # the writer is done (a later flush by it would mask the damage)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.wait(30) == 0, holder.stderr.read()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    fresh = EmbeddedStore(root)
+    hits = fresh.query_batch("c", np.ones((1, 8)), 10000)[0]
+    assert fresh.count("c") == 850
+    assert sorted(h.id for h in hits) == sorted(ids[50:])
+    fresh.close()
+
+
+# -- 2. one process writes while another queries ------------------------------
+
+
+def _read_progress(path):
+    try:
+        with open(path) as f:
+            return int(f.read() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize("seconds", [pytest.param(4, id="4s"), pytest.param(20, id="20s", marks=pytest.mark.slow)])
+def test_queries_while_another_process_writes(dataset_factory, store_path, tmp_path, seconds):
+    """A writer process adds and removes blocks of 100 points for
+    ``seconds`` while this process (like the App server) queries the same
+    embedded index. Every answer must be exactly right for one of the
+    states the index went through while the answer was computed."""
+    from helpers_reliability import concurrency_blocks
+
+    size, num_blocks, window, stable_n, dim = 100, 16, 6, 100, 32
+    dataset = dataset_factory(stable_n + num_blocks * size)
+    all_ids = dataset.values("id")
+    stable, block_ids = all_ids[:stable_n], all_ids[stable_n:]
+    X_all = random_embeddings(len(all_ids), dim, seed=11)
+    X_stable, X_blocks = X_all[:stable_n], X_all[stable_n:]
+    first = stable + block_ids[: window * size]
+    key = "conc"
+    fob.compute_similarity(
+        dataset.select(first), embeddings=np.vstack([X_stable, X_blocks[: window * size]]),
+        backend="qdrant", brain_key=key, path=store_path, progress=False,
+    )
+    close_all()
+
+    states = {}
+
+    def state(op_count):
+        blocks = tuple(concurrency_blocks(op_count, num_blocks, window))
+        if blocks not in states:
+            rows = np.concatenate([np.arange(b * size, (b + 1) * size) for b in blocks])
+            ids = stable + [block_ids[r] for r in rows]
+            states[blocks] = (ids, np.vstack([X_stable, X_blocks[rows]]), set(ids))
+        return states[blocks]
+
+    np.save(tmp_path / "X.npy", X_blocks)
+    (tmp_path / "ids.json").write_text(json.dumps(block_ids))
+    progress = str(tmp_path / "progress")
+    spec = dict(
+        op="writer", dataset=dataset.name, brain_key=key, path=store_path, embeddings=str(tmp_path / "X.npy"),
+        ids=str(tmp_path / "ids.json"), block_size=size, num_blocks=num_blocks, window=window,
+        seconds=seconds, progress=progress,
+    )
+    dataset.reload()
+    index = dataset.load_brain_results(key, cache=False)
+    rng = np.random.default_rng(seconds)
+    checks = {"knn": 0, "knn_by_id": 0, "count": 0, "ids": 0, "embeddings": 0, "sort_by_similarity": 0}
+    points_checked = 0
+    proc, recv = start_helper(spec)
+    lines = []
+    try:
+        n = 0
+        while proc.is_alive():
+            drain(recv, lines)
+            if not any(l.startswith("START") for l in lines):
+                time.sleep(0.01)
+                continue
+            kind = list(checks)[n % len(checks)]
+            n += 1
+            q = rng.normal(size=dim).astype(np.float32)
+            c0 = _read_progress(progress)
+            if kind == "knn":
+                got, _, dists = index._kneighbors(query=q, k=10, return_dists=True)
+            elif kind == "knn_by_id":
+                i = int(rng.integers(stable_n))
+                q = X_stable[i]
+                got, _, dists = index._kneighbors(query=stable[i], k=10, return_dists=True)
+            elif kind == "count":
+                got = index.total_index_size
+            elif kind == "ids":
+                got = list(index.sample_ids)
+            elif kind == "embeddings":
+                asked = [all_ids[i] for i in rng.choice(len(all_ids), 40, replace=False)]
+                emb, sids, _ = index.get_embeddings(asked)
+                got = list(sids)
+            else:
+                got = dataset.sort_by_similarity(q, k=10, brain_key=key).values("id")
+            c1 = _read_progress(progress)
+
+            errors = []
+            for c in range(c0, c1 + 2):  # the op after c1 may be done but not yet recorded
+                ids, X, id_set = state(c)
+                try:
+                    if kind in ("knn", "knn_by_id"):
+                        assert_neighbors_exact(got, dists, ids, X, q, "cosine", 10)
+                    elif kind == "count":
+                        assert got == len(ids)
+                    elif kind == "ids":
+                        assert len(got) == len(set(got)) and set(got) == id_set
+                    elif kind == "embeddings":
+                        assert got == [i for i in asked if i in id_set]
+                        np.testing.assert_allclose(emb, X_all[[all_ids.index(i) for i in got]].reshape(len(got), dim), atol=1e-4)
+                    else:
+                        assert got == exact_top_k(ids, X, q, "cosine", k=10)[0]
+                    break
+                except AssertionError as e:
+                    detail = ""
+                    if isinstance(got, list):
+                        blocks_of = lambda i: "s" if i in stable else (block_ids.index(i) // size)
+                        want = exact_top_k(ids, X, q, "cosine", k=10)[0] if kind.startswith("knn") or kind == "sort_by_similarity" else []
+                        detail = "got blocks %s; state blocks %s; not in state: %s; expected but missing: %s" % (
+                            [blocks_of(i) for i in got][:12], concurrency_blocks(c, num_blocks, window),
+                            [blocks_of(i) for i in got if i not in id_set], [blocks_of(i) for i in want if i not in got],
+                        )
+                    errors.append("state %d: %s %s" % (c, detail, str(e)[:300]))
+            else:
+                raise AssertionError("%s answer valid for no state in %d..%d:\n%s" % (kind, c0, c1 + 1, "\n".join(errors)))
+            checks[kind] += 1
+            points_checked += len(got) if isinstance(got, list) else 1
+        proc.join(30)
+        drain(recv, lines)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        recv.close()
+
+    assert proc.exitcode == 0, lines[-3:]
+    ops = int([l for l in lines if l.startswith("OPS")][0].split()[1])
+    assert ops == _read_progress(progress) and ops >= 4
+    assert sum(checks.values()) >= 2 * len(checks), checks
+
+    # the final state, read by a fresh handle
+    close_all()
+    ids, X, _ = state(ops)
+    assert_index_is(dataset.load_brain_results(key, cache=False), ids, X, seed=seconds)
+    print("concurrency %ss: %d writer ops, reader checks %s, %d points checked" % (seconds, ops, checks, points_checked))
+
+
+# -- 3. unreachable or misconfigured servers ----------------------------------
+
+SENTINEL_KEY = "sentinel-key-%s" % uuid.uuid4().hex
+
+
+class _FakeQdrantHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request like a Qdrant server refusing the API key,
+    echoing the key it got in the body (a hostile or chatty proxy)."""
+
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = json.dumps(
+            {"status": {"error": "Invalid api-key: %s" % self.headers.get("api-key")}, "time": 0.0}
+        ).encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_qdrant():
+    """start(status) -> port of a local HTTP server answering ``status``."""
+    servers = []
+
+    def start(status):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeQdrantHandler)
+        server.status = status
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def silent_port():
+    """A port that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def closed_port(prefer=(40401, 40403, 40404, 14013, 24010, 34041)):
+    """A port nobody listens on; preferably one whose digits contain 401,
+    403 or 404 (which must not be read as HTTP statuses)."""
+    for port in list(prefer) + [0]:
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", port))
+            return sock.getsockname()[1]
+        except OSError:
+            continue
+        finally:
+            sock.close()
+
+
+def _exception_texts(error):
+    """Everything about an exception a user, a log or a tracker may show."""
+    texts = [str(error), repr(error), "".join(traceback.format_exception(error))]
+    seen = set()
+    e = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        texts += [str(e), repr(e), str(getattr(e, "content", b""))]
+        e = e.__cause__ or e.__context__
+    return "\n".join(texts)
+
+
+SERVER_FAULTS = [
+    # id, settings(ports), expected message, timeout
+    ("closed-port", lambda p: dict(url="http://127.0.0.1:%d" % p["closed"]), r"Request to the Qdrant server at .* failed", 2),
+    ("no-answer", lambda p: dict(url="http://127.0.0.1:%d" % p["silent"]), r"Request to the Qdrant server at .* failed.*timed out", 1),
+    ("wrong-key-401", lambda p: dict(url="http://127.0.0.1:%d" % p["401"]), r"rejected the API key", 2),
+    ("wrong-key-403", lambda p: dict(url="http://127.0.0.1:%d" % p["403"]), r"rejected the API key", 2),
+    (
+        "wrong-grpc-port-closed",
+        lambda p: dict(url="http://127.0.0.1:%d" % p["401"], prefer_grpc=True, grpc_port=p["closed"]),
+        r"\(gRPC port %(closed)d\) failed", 2,
+    ),
+    (
+        "grpc-port-is-the-rest-port",
+        lambda p: dict(url="http://127.0.0.1:%d" % p["401"], prefer_grpc=True, grpc_port=p["401"]),
+        r"\(gRPC port %(401)d\) failed", 2,
+    ),
+    (
+        "grpc-no-answer",
+        lambda p: dict(url="http://127.0.0.1:%d" % p["401"], prefer_grpc=True, grpc_port=p["silent"]),
+        r"\(gRPC port %(silent)d\) failed.*DEADLINE_EXCEEDED", 1,
+    ),
+]
+
+
+@pytest.mark.parametrize("fault", SERVER_FAULTS, ids=[f[0] for f in SERVER_FAULTS])
+def test_bad_server_fails_fast_and_clearly_and_registers_nothing(dataset_factory, fake_qdrant, silent_port, fault):
+    name, settings, message, timeout = fault
+    ports = {"closed": closed_port(), "silent": silent_port, "401": fake_qdrant(401), "403": fake_qdrant(403)}
+    dataset = dataset_factory(4)
+    start = time.monotonic()
+    with pytest.raises(foq.ConnectionFailedError) as info:
+        fob.compute_similarity(
+            dataset, embeddings=random_embeddings(4, 4), backend="qdrant", brain_key="srv",
+            api_key=SENTINEL_KEY, timeout=timeout, **settings(ports)
+        )
+    elapsed = time.monotonic() - start
+    assert elapsed < 3 * timeout + 3, "took %.1f s with timeout=%s" % (elapsed, timeout)
+    assert re.search(message % ports, str(info.value), re.S), str(info.value)
+    assert SENTINEL_KEY not in _exception_texts(info.value)
+    assert dataset.list_brain_runs() == []
+    dataset.reload()
+    assert dataset.list_brain_runs() == []
