@@ -45,7 +45,7 @@ from .errors import CollectionNotFoundError, ConfigError, QdrantBackendError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 
-_DISTANCES = {
+DISTANCES = {
     "cosine": qe.Distance.Cosine,
     "dotproduct": qe.Distance.Dot,
     "euclidean": qe.Distance.Euclid,
@@ -400,12 +400,12 @@ class EmbeddedStore(VectorStore):
 
     def get_spec(self, name: str, vector_name: Optional[str] = None) -> CollectionSpec:
         vectors = self._read_json(name)["vectors"]
+        dense = sorted(k or "(unnamed)" for k, v in vectors.items() if not v.get("multivector"))
         key = vector_name or ""
-        if key not in vectors:
+        if key not in vectors or vectors[key].get("multivector"):
             raise ConfigError(
-                "Qdrant collection '%s' has no dense vector named %r; it has %s. "
-                "Pass one of them as `vector_name`"
-                % (name, vector_name, sorted(k or None for k in vectors))
+                "Qdrant collection '%s' has no single dense vector named %r; its dense "
+                "vectors are %s. Pass one of them as `vector_name`" % (name, vector_name or "(unnamed)", dense)
             )
         v = vectors[key]
         return CollectionSpec(dimension=v["size"], metric=v["metric"], vector_name=vector_name)
@@ -451,6 +451,13 @@ class EmbeddedStore(VectorStore):
             points = [qe.Point(i, v, p) for i, v, p in zip(ids, rows, payloads)]
         with self._shared(name).writing() as shard:
             shard.update(qe.UpdateOperation.upsert_points(points))
+
+    @contextlib.contextmanager
+    def reading(self, name: str) -> Iterator[qe.EdgeShard]:
+        """The collection's shard under the read lock, for raw reads (named,
+        sparse and multi-vectors) that the engine interface does not cover."""
+        with self._shared(name).reading() as shard:
+            yield shard
 
     def shard(self, name: str) -> qe.EdgeShard:
         """The collection's ``EdgeShard``, freshly loaded if another process
@@ -555,7 +562,7 @@ def _edge_filter(restriction: Optional[IdRestriction]):
 
 
 def _edge_config(spec: CollectionSpec) -> qe.EdgeConfig:
-    params = qe.EdgeVectorParams(size=spec.dimension, distance=_DISTANCES[spec.metric])
+    params = qe.EdgeVectorParams(size=spec.dimension, distance=DISTANCES[spec.metric])
     vectors = {spec.vector_name: params} if spec.vector_name else params
     hnsw = None
     if spec.hnsw_config:

@@ -1007,7 +1007,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         for attempt in range(2):
             all_hits = run(limit)
             longest = max((len(hits) for hits in all_hits), default=0)
-            checked, step = 0, 4 * want + 16
+            checked, step = 0, 16 * want + 16  # enough for views over ~10%
             while True:
                 upto = min(longest, checked + step)
                 new = {self._hit_key(h) for hits in all_hits for h in hits[checked:upto]}

@@ -472,7 +472,7 @@ class EmbeddedTarget(Target):
     def create(self, name: str, schema: CollectionSchema, keyword_fields: Sequence[str]) -> None:
         import qdrant_edge as qe
 
-        from .embedded import _DISTANCES as EDGE_DISTANCES
+        from .embedded import DISTANCES as EDGE_DISTANCES
 
         def params(shape: VectorShape):
             multi = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if shape.kind == "multi" else None

@@ -636,3 +636,184 @@ def test_bad_server_fails_fast_and_clearly_and_registers_nothing(dataset_factory
     assert dataset.list_brain_runs() == []
     dataset.reload()
     assert dataset.list_brain_runs() == []
+
+
+# -- 5. the API key never leaks -----------------------------------------------
+
+
+def _all_database_bytes():
+    """Every document of every collection of this session's MongoDB."""
+    import bson
+
+    db = fo.core.odm.get_db_conn()
+    for name in db.list_collection_names():
+        for doc in db[name].find({}):
+            yield name, bson.BSON.encode(doc)
+
+
+def _all_store_bytes(root):
+    for folder, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(folder, f)
+            with open(path, "rb") as fh:
+                yield path, fh.read()
+
+
+def test_api_key_never_leaks(dataset_factory, store_path, caplog, monkeypatch, fake_qdrant):
+    """The key given as a kwarg, or from the brain config, appears in no
+    run record, collection metadata, log, repr or error."""
+    import warnings
+
+    from fiftyone_qdrant.similarity import QdrantSimilarityConfig
+
+    caplog.set_level(logging.DEBUG)
+    key = SENTINEL_KEY
+    dataset = dataset_factory(12)
+    ids = dataset.values("id")
+    X = random_embeddings(12, 8, seed=3)
+    shown = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="sec", path=store_path, api_key=key)
+        monkeypatch.setitem(fob.brain_config.similarity_backends["qdrant"], "api_key", key)
+        other = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="sec2", path=store_path)
+        assert other.config.api_key == key  # it was used...
+        index.add_to_index(X[:3], ids[:3])
+        dataset.sort_by_similarity(ids[0], k=3, brain_key="sec")
+        dataset.rename_brain_run("sec2", "sec3")
+        close_all()
+        dataset.reload()
+        reloaded = dataset.load_brain_results("sec", cache=False)
+        reloaded._kneighbors(query=X[1], k=2)
+
+        server_config = QdrantSimilarityConfig(url="http://127.0.0.1:1", api_key=key, grpc_port=6334)
+        settings = server_config.connection_settings()
+        shown += [
+            repr(index), str(index), repr(index.config), str(index.config), index.config.to_str(),
+            json.dumps(index.config.serialize()), repr(other.config), other.config.to_str(),
+            repr(server_config), str(server_config), server_config.to_str(), json.dumps(server_config.serialize()),
+            repr(settings), str(settings), settings.describe(), repr(reloaded.config),
+            str(dataset._doc.brain_methods), str(dataset.get_brain_info("sec")), str(dataset.get_brain_info("sec3")),
+            repr(foq.list_indexes(path=store_path)),
+        ]
+        for status in (401, 403):
+            port = fake_qdrant(status)  # echoes the key it gets
+            for kwargs in ({}, {"prefer_grpc": True, "grpc_port": closed_port()}):
+                with pytest.raises(foq.ConnectionFailedError) as info:
+                    fob.compute_similarity(
+                        dataset, embeddings=X, backend="qdrant", brain_key="srv", url="http://127.0.0.1:%d" % port,
+                        api_key=key, timeout=2, **kwargs
+                    )
+                shown.append(_exception_texts(info.value))
+        with pytest.raises(foq.ConnectionFailedError) as info:
+            foq.list_indexes(url="http://127.0.0.1:%d" % closed_port(), api_key=key, timeout=1)
+        shown.append(_exception_texts(info.value))
+
+    shown += [r.getMessage() + str(r.args) + str(r.exc_text or "") for r in caplog.records]
+    shown += [str(w.message) for w in caught]
+    leaks = [text for text in shown if key in text]
+    assert not leaks, leaks[0][:2000]
+    for collection, raw in _all_database_bytes():
+        assert key.encode() not in raw, "API key stored in MongoDB collection '%s'" % collection
+    for path, raw in _all_store_bytes(store_path):
+        assert key.encode() not in raw, "API key stored in %s" % path
+    assert len(caplog.records) > 0 and len(shown) > 20
+
+
+# -- 6. hostile collection names, brain keys and dataset names ----------------
+
+HOSTILE_COLLECTION_NAMES = [
+    "../escape", "..", ".", "a/b", "/tmp/absolute", "a\\b", ".hidden", "", " ", "a b", "x" * 256,
+    "a\x00b", "\u00e9t\u00e9", "-lead", "a..b", "new\nline", 123,
+]
+
+
+def _files_under(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_hostile_collection_names_are_refused_before_anything_is_written(dataset_factory, tmp_path):
+    store = str(tmp_path / "deep" / "store")
+    dataset = dataset_factory(5)
+    X = random_embeddings(5, 4)
+    for name in HOSTILE_COLLECTION_NAMES:
+        with pytest.raises(foq.ConfigError, match="Invalid collection name"):
+            fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="h", path=store, collection_name=name)
+        assert dataset.list_brain_runs() == []
+        with pytest.raises(foq.ConfigError, match="Invalid collection name"):
+            foq.attach_index(dataset, name, path=store)
+        assert dataset.list_brain_runs() == []
+    assert foq.list_indexes(path=store) == []
+    assert [f for f in _files_under(str(tmp_path)) if not f.startswith(os.path.join("deep", "store") + os.sep)] == []
+
+    # the longest valid name works (and leaves nothing behind when deleted)
+    index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="h", path=store, collection_name="n" * 255)
+    assert index.total_index_size == 5
+    index.cleanup()
+    dataset.delete_brain_run("h")
+    assert os.listdir(os.path.join(store, "collections")) == []
+
+
+@pytest.mark.parametrize("key", ["../x", "a/b", "a b", "x-y", "", "..", "1abc"])
+def test_hostile_brain_keys_are_refused_and_create_nothing(dataset_factory, store_path, key):
+    dataset = dataset_factory(3)
+    with pytest.raises(ValueError):
+        fob.compute_similarity(dataset, embeddings=random_embeddings(3, 4), backend="qdrant", brain_key=key, path=store_path)
+    assert dataset.list_brain_runs() == []
+    assert foq.list_indexes(path=store_path) == []
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a/../../b..c", "\u6570\u636e set", "x" * 300, "..hidden. .."])
+def test_hostile_dataset_names_stay_inside_the_store(dataset_factory, store_path, name):
+    dataset = dataset_factory(6)
+    dataset.name = name + " " + uuid.uuid4().hex[:6]
+    ids = dataset.values("id")
+    X = random_embeddings(6, 4, seed=2)
+    index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="k", path=store_path)
+    (listed,) = foq.list_indexes(path=store_path)
+    assert listed["collection_name"] == index.collection_name and listed["runs"][0]["dataset_name"] == dataset.name
+    collections = os.path.join(store_path, "collections")
+    assert os.listdir(collections) == [index.collection_name]
+    assert os.path.dirname(os.path.realpath(os.path.join(collections, index.collection_name))) == os.path.realpath(collections)
+    assert dataset.sort_by_similarity(ids[1], k=2, brain_key="k").values("id") == exact_top_k(ids, X, X[1], "cosine", k=2)[0]
+
+
+def test_another_datasets_collection_is_never_overwritten(dataset_factory, store_path):
+    a, b = dataset_factory(10), dataset_factory(10)
+    a_ids, b_ids = a.values("id"), b.values("id")
+    XA, XB = random_embeddings(10, 6, seed=1), random_embeddings(10, 6, seed=2)
+    fob.compute_similarity(a, embeddings=XA, backend="qdrant", brain_key="a", path=store_path, collection_name="shared")
+
+    def a_is_intact():
+        close_all()
+        a.reload()
+        assert_index_is(a.load_brain_results("a", cache=False), a_ids, XA)
+
+    # building another dataset's index into it: refused, nothing registered
+    for key in ("b", None):
+        with pytest.raises(foq.ConfigError, match="already holds the index of dataset '%s'" % re.escape(a.name)):
+            fob.compute_similarity(b, embeddings=XB, backend="qdrant", brain_key=key, path=store_path, collection_name="shared")
+        assert b.list_brain_runs() == []
+    # nor another run of the same dataset (it would overwrite run 'a')
+    with pytest.raises(foq.ConfigError, match="already holds"):
+        fob.compute_similarity(a, embeddings=XA[::-1].copy(), backend="qdrant", brain_key="a2", path=store_path, collection_name="shared")
+    assert a.list_brain_runs() == ["a"]
+    a_is_intact()
+
+    # embeddings=False attaches it as it is; deleting that run keeps it
+    attached = fob.compute_similarity(b, embeddings=False, backend="qdrant", brain_key="b", path=store_path, collection_name="shared")
+    assert attached.total_index_size == 10
+    b.delete_brain_run("b")
+    a_is_intact()
+
+    # a dataset re-created under a deleted one's name meets the old index
+    # under the same default collection name: refused as well
+    name = a.name
+    old_name = fob.compute_similarity(a, embeddings=XA, backend="qdrant", brain_key="d", path=store_path).collection_name
+    a.delete()
+    c = dataset_factory(10)
+    c.name = name
+    with pytest.raises(foq.ConfigError, match="already holds"):
+        fob.compute_similarity(c, embeddings=XB, backend="qdrant", brain_key="d", path=store_path)
+    assert c.list_brain_runs() == []
+    assert ConnectionSettings(path=store_path).open().count(old_name) == 10

@@ -63,7 +63,7 @@ def read_points(path, collection):
     store = EmbeddedStore(path)
     points, offset = {}, None
     try:
-        with store._shared(collection).reading() as shard:
+        with store.reading(collection) as shard:
             while True:
                 records, offset = shard.scroll(
                     qe.ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=True)
@@ -298,11 +298,11 @@ def test_keyword_indexes_on_fiftyone_ids(tmp_path):
         line("plain", 1, [1, 2], {"other": 1}),
     ])
     store = EmbeddedStore(path)
-    with store._shared("patches").reading() as shard:
+    with store.reading("patches") as shard:
         schema = shard.info().payload_schema
     assert sorted(schema) == ["label_id", "sample_id"]
     assert all(info.data_type == qe.PayloadSchemaType.Keyword for info in schema.values())
-    with store._shared("plain").reading() as shard:
+    with store.reading("plain") as shard:
         assert shard.info().payload_schema == {}
 
 
