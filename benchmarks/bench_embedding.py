@@ -28,8 +28,10 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-_WORK_DIR = tempfile.mkdtemp(prefix="fiftyone-qdrant-bench-embedding-")
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(_WORK_DIR, "db"))
+# Images and checkpoint go to _WORK_DIR, removed at the end; the database
+# directory is left alone (FiftyOne stops its mongod only after we exit)
+_WORK_DIR = tempfile.mkdtemp(prefix="embedding-bench-")
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="embedding-bench-db-"))
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
@@ -130,6 +132,7 @@ def main() -> int:
     parser.add_argument("--num-workers", type=int, default=None, help="ours; default FiftyOne's recommendation")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the model (default: torch's)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="also time ours with half_precision=True (bf16) on CPU")
     parser.add_argument("--skip-fiftyone-defaults", action="store_true", help="skip FiftyOne with batch size 1")
     args = parser.parse_args()
 
@@ -152,6 +155,7 @@ def main() -> int:
             % (args.model, args.device, num_images, args.image_size, args.image_size, torch.get_num_threads(),
                os.cpu_count(), batch_size, num_workers)
         )
+        print("load average before: %.1f %.1f %.1f" % os.getloadavg())
         time_ours(dataset.limit(batch_size), resolved, batch_size, 0)  # warm-up: allocator, oneDNN/cuDNN kernels
 
         results = []
@@ -160,8 +164,11 @@ def main() -> int:
         label = "fiftyone_qdrant iter_embedding_batches" + (" (fp16 autocast)" if on_cuda else "")
         results.append((label, seconds))
         if on_cuda:
-            seconds_fp32, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=False)
-            results.append(("fiftyone_qdrant iter_embedding_batches (fp32)", seconds_fp32))
+            seconds, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=False)
+            results.append(("fiftyone_qdrant iter_embedding_batches (fp32)", seconds))
+        elif args.cpu_bf16:
+            seconds, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=True)
+            results.append(("fiftyone_qdrant iter_embedding_batches (bf16 autocast, opt-in)", seconds))
 
         seconds, theirs = time_fiftyone(dataset, resolved, batch_size, num_workers)
         results.append(("FiftyOne compute_embeddings (batch_size=%d, num_workers=%d)" % (batch_size, num_workers), seconds))
@@ -176,6 +183,7 @@ def main() -> int:
             rate = num_images / seconds
             print("%-68s %10.1f %8.2fx" % (label, rate, ours_rate / rate))
         print("\nembeddings agree: min cosine(ours, FiftyOne) = %.6f" % cosine.min())
+        print("load average after: %.1f %.1f %.1f (other processes skew timings)" % os.getloadavg())
         if on_cuda:
             print("GPU utilisation during our run: %s" % sampler.summary())
     finally:

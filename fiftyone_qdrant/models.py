@@ -34,7 +34,8 @@ it in any process. The device is never part of the spec.
 
 Devices: CUDA when available, else CPU, unless ``device="cpu" | "cuda" |
 "cuda:1"`` is given. On CUDA, :func:`iter_embedding_batches` runs the model
-under float16 autocast, with pinned host memory and non-blocking copies.
+under float16 autocast, with pinned host memory, non-blocking copies and the
+next batch queued on the GPU while the caller handles the current one.
 
 Offline use: a pretrained tag whose weights are not cached and cannot be
 downloaded fails within seconds with a :class:`ValueError` that says how to
@@ -46,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import urllib.error
 import urllib.request
@@ -64,8 +64,6 @@ import fiftyone.core.validation as fov
 import fiftyone.utils.open_clip as fouoc
 import fiftyone.utils.patches as foup
 import fiftyone.utils.torch as fout
-
-logger = logging.getLogger(__name__)
 
 OPEN_CLIP_PREFIX = "open_clip:"
 # Attribute under which a model built here carries its spec, so that code
@@ -251,9 +249,7 @@ def load_model_from_spec(spec: Mapping[str, Any], device: Union[str, torch.devic
     if name.startswith(OPEN_CLIP_PREFIX):
         model = _load_open_clip(name[len(OPEN_CLIP_PREFIX) :], kwargs, device)
     else:
-        import fiftyone.zoo as foz
-
-        model = foz.load_zoo_model(name, device=str(device), **kwargs)
+        model = _load_zoo_model(name, kwargs, device)
     setattr(model, SPEC_ATTRIBUTE, spec)
     return model
 
@@ -315,6 +311,22 @@ def _load_open_clip(arch: str, kwargs: Dict[str, Any], device: torch.device) -> 
         raise ValueError(_explain_open_clip_failure(arch, pretrained, error)) from error
 
 
+def _load_zoo_model(name: str, kwargs: Dict[str, Any], device: torch.device) -> fom.Model:
+    """``load_zoo_model``, with the open_clip checks for zoo models built on open_clip
+    (e.g. ``"open-clip-torch"``, whose ``pretrained`` tag open_clip downloads)."""
+    import fiftyone.zoo as foz
+
+    weights_are_cached = False
+    deployment = foz.get_zoo_model(name).default_deployment_config_dict or {}
+    if deployment.get("type", "").endswith("TorchOpenClipModel"):
+        config = {**deployment.get("config", {}), **kwargs}
+        arch = config.get("clip_model", "ViT-B-32")  # TorchOpenClipModelConfig's defaults
+        pretrained = config.get("pretrained", "openai")
+        weights_are_cached = _check_pretrained_available(arch, pretrained)
+    with _hf_hub_offline(weights_are_cached):
+        return foz.load_zoo_model(name, device=str(device), **kwargs)
+
+
 def _register_open_clip_config(arch: str, config_path: str) -> None:
     import open_clip
 
@@ -373,10 +385,8 @@ def _hub_file(tag_config: Mapping[str, Any]) -> Optional[Tuple[str, List[str]]]:
         return None
     repo_id, filename = os.path.split(tag_config["hf_hub"])
     filename = filename or ocp.HF_WEIGHTS_NAME
-    safe_alternatives = [ocp.HF_SAFE_WEIGHTS_NAME] if filename == ocp.HF_WEIGHTS_NAME else []
-    if filename.endswith((".bin", ".pth")) and filename != ocp.HF_WEIGHTS_NAME:
-        safe_alternatives.append(filename[:-4] + ".safetensors")
-    return repo_id, safe_alternatives + [filename]
+    safe_alternatives = getattr(ocp, "_get_safe_alternatives", lambda name: [])  # private in open_clip 3.x
+    return repo_id, list(safe_alternatives(filename)) + [filename]
 
 
 def _cached_pretrained_file(tag_config: Mapping[str, Any]) -> Optional[str]:
@@ -550,9 +560,8 @@ class _ImageTaskDataset(torch.utils.data.Dataset):
     whole collection's ids and paths in memory.
     """
 
-    def __init__(self, transform: Optional[Callable[[Image.Image], Any]], patches: bool):
+    def __init__(self, transform: Optional[Callable[[Image.Image], Any]]):
         self.transform = transform
-        self.patches = patches
 
     def __getitem__(self, task: _ImageTask) -> Tuple[_ImageTask, List[Tuple[int, Any]], List[EmbeddingFailure]]:
         try:
@@ -560,18 +569,13 @@ class _ImageTaskDataset(torch.utils.data.Dataset):
                 image = Image.open(f).convert("RGB")
         except Exception as error:
             return task, [], task.failures(error)
-        if task.boxes is None:
-            crops = [image]
-        else:
-            pixels = np.asarray(image)
-            crops = [_crop(pixels, box) for box in task.boxes]
+        pixels = None if task.boxes is None else np.asarray(image)
         rows, failures = [], []
-        for row, crop in enumerate(crops):
+        for row in range(task.num_rows):
             try:
-                if isinstance(crop, BaseException):
-                    raise crop
+                crop = image if pixels is None else _crop(pixels, task.boxes[row])
                 rows.append((row, self._prepare(crop)))
-            except Exception as error:
+            except Exception as error:  # one bad box or transform fails its row only
                 failures.extend(task.failures(error, row))
         return task, rows, failures
 
@@ -592,17 +596,14 @@ def _split_task(task: _ImageTask, max_rows: int) -> Iterator[_ImageTask]:
         yield dataclasses.replace(task, label_ids=task.label_ids[start:end], boxes=task.boxes[start:end])
 
 
-def _crop(pixels: np.ndarray, box: Optional[Sequence[float]]) -> Union[np.ndarray, BaseException]:
+def _crop(pixels: np.ndarray, box: Optional[Sequence[float]]) -> np.ndarray:
     """FiftyOne's own patch extraction, so crops match ``compute_patch_embeddings``."""
-    try:
-        if box is None:
-            raise ValueError("label has no bounding box")
-        crop = foup.extract_patch(pixels, fol.Detection(bounding_box=list(box)))
-        if crop.size == 0:
-            raise ValueError("empty crop for bounding box %s" % (list(box),))
-        return crop
-    except Exception as error:
-        return error
+    if box is None:
+        raise ValueError("label has no bounding box")
+    crop = foup.extract_patch(pixels, fol.Detection(bounding_box=list(box)))
+    if crop.size == 0:
+        raise ValueError("empty crop for bounding box %s" % (list(box),))
+    return crop
 
 
 def _collate(loaded: List[Tuple[_ImageTask, List[Tuple[int, Any]], List[EmbeddingFailure]]]) -> _LoadedBatch:
@@ -614,10 +615,54 @@ def _collate(loaded: List[Tuple[_ImageTask, List[Tuple[int, Any]], List[Embeddin
             sample_ids.append(task.sample_id)
             if task.label_ids is not None:
                 label_ids.append(task.label_ids[row])
-    patches = any(task.boxes is not None for task, _, _ in loaded)
+    has_labels = any(task.label_ids is not None for task, _, _ in loaded)
     if inputs and all(isinstance(x, torch.Tensor) and x.shape == inputs[0].shape for x in inputs):
         inputs = torch.stack(inputs)
-    return _LoadedBatch(inputs, sample_ids, label_ids if patches else None, failures)
+    return _LoadedBatch(inputs, sample_ids, label_ids if has_labels else None, failures)
+
+
+class _PendingEmbeddings:
+    """Embeddings whose computation may still be running on the GPU.
+
+    CUDA kernels and the copy to (pinned) host memory are queued
+    asynchronously; :meth:`result` waits for this batch only, so the next
+    batch's forward pass can be queued first and overlap the caller's work.
+    """
+
+    def __init__(self, host: Union[torch.Tensor, np.ndarray], done: Optional["torch.cuda.Event"] = None):
+        self._host = host
+        self._done = done
+
+    def result(self) -> np.ndarray:
+        if self._done is not None:
+            self._done.synchronize()
+        host = self._host.numpy() if isinstance(self._host, torch.Tensor) else self._host
+        return np.asarray(host, dtype=np.float32).reshape(len(host), -1)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Sets torch's intra-op thread count for one forward pass (it is cheap),
+    leaving the caller's setting in place between batches."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _cpu_threads_beside_workers(num_workers: int) -> int:
+    """Model threads that, with the decoding workers, do not exceed the CPUs.
+
+    Oversubscribed OpenMP threads wait on each other at every operator: on 2
+    cores, a tiny model ran 60x slower with 2 threads beside one busy worker.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cpus - num_workers))
 
 
 class _BatchEmbedder:
@@ -629,13 +674,19 @@ class _BatchEmbedder:
     the loader workers already applied ``model.transforms``.
     """
 
-    def __init__(self, model: fom.Model, half_precision: Optional[bool]):
+    def __init__(self, model: fom.Model, half_precision: Optional[bool], cpu_threads: Optional[int] = None):
         self.model = model
         self.is_torch = isinstance(model, fom.TorchModelMixin)
         self.device = _model_device(model)
-        self.autocast = self.device.type == "cuda" and half_precision is not False
-        if half_precision and self.device.type != "cuda":
-            logger.debug("half_precision applies to CUDA only; running in float32 on %s", self.device)
+        self.cpu_threads = cpu_threads if self.device.type == "cpu" else None
+        # float16 on CUDA by default; bfloat16 on CPU only on request (it is
+        # faster on CPUs with AVX512-BF16/AMX, and changes embeddings slightly)
+        if self.device.type == "cuda" and half_precision is not False:
+            self.autocast_dtype: Optional[torch.dtype] = torch.float16
+        elif self.device.type == "cpu" and half_precision:
+            self.autocast_dtype = torch.bfloat16
+        else:
+            self.autocast_dtype = None
         if isinstance(model, fouoc.TorchOpenClipModel):
             # FiftyOne keeps open_clip's module and transform private; using
             # them skips the zero-shot head and keeps workers picklable
@@ -644,30 +695,36 @@ class _BatchEmbedder:
         else:
             self.open_clip_module = None
             self.transform = model.transforms if self.is_torch else None
-        if not self.is_torch and not (isinstance(model, fom.EmbeddingsMixin) and model.has_embeddings):
-            raise ValueError("Model %s does not expose embeddings" % type(model).__name__)
-        if self.is_torch and self.open_clip_module is None and not model.has_embeddings:
-            raise ValueError("Model %s does not expose embeddings" % type(model).__name__)
+            if not (isinstance(model, fom.EmbeddingsMixin) and model.has_embeddings):
+                raise ValueError("Model %s does not expose embeddings" % type(model).__name__)
 
-    def __call__(self, inputs: Union[torch.Tensor, List[Any]]) -> np.ndarray:
+    def start(self, inputs: Union[torch.Tensor, List[Any]]) -> _PendingEmbeddings:
         if isinstance(inputs, list) and self.is_torch:
             # ragged transforms (differently sized tensors) cannot be stacked
-            return np.concatenate([self(item.unsqueeze(0)) for item in inputs])
+            return _PendingEmbeddings(np.concatenate([self.start(item.unsqueeze(0)).result() for item in inputs]))
         with contextlib.ExitStack() as context:
             context.enter_context(torch.inference_mode())
-            if self.autocast:
-                context.enter_context(torch.autocast(device_type="cuda", dtype=torch.float16))
+            if self.cpu_threads is not None:
+                context.enter_context(_torch_threads(self.cpu_threads))
+            if self.autocast_dtype is not None:
+                context.enter_context(torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype))
             if isinstance(inputs, torch.Tensor):
                 inputs = inputs.to(self.device, non_blocking=True)
-            if self.open_clip_module is not None:
-                embeddings = self.open_clip_module.encode_image(inputs)
-            else:
+            if self.open_clip_module is None:
                 if self.is_torch:
                     context.enter_context(fou.SetAttributes(self.model, preprocess=False))
-                embeddings = self.model.embed_all(inputs)
-        if isinstance(embeddings, torch.Tensor):
-            embeddings = embeddings.float().cpu().numpy()
-        return np.asarray(embeddings, dtype=np.float32).reshape(len(inputs), -1)
+                return _PendingEmbeddings(self.model.embed_all(inputs))
+            embeddings = self.open_clip_module.encode_image(inputs).float()
+        if embeddings.device.type != "cuda":
+            return _PendingEmbeddings(embeddings)
+        host = torch.empty(embeddings.shape, dtype=embeddings.dtype, pin_memory=True)
+        host.copy_(embeddings, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _PendingEmbeddings(host, done)
+
+    def __call__(self, inputs: Union[torch.Tensor, List[Any]]) -> np.ndarray:
+        return self.start(inputs).result()
 
 
 class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):
@@ -692,12 +749,14 @@ class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):
         progress: Union[bool, Callable, None],
         failures: Optional[List[EmbeddingFailure]],
         half_precision: Optional[bool],
+        skip_failures: bool,
     ):
         fov.validate_image_collection(samples)
         self.model = _fiftyone_model(model)
         if getattr(self.model, "media_type", "image") != "image":
             raise ValueError("Only image models can embed images; got media_type=%r" % self.model.media_type)
-        self._embedder = _BatchEmbedder(self.model, half_precision)
+        self.num_workers = fout.recommend_num_workers(num_workers)
+        self._embedder = _BatchEmbedder(self.model, half_precision, _cpu_threads_beside_workers(self.num_workers))
         self.samples = samples
         self.patches_field = patches_field
         self.patch_label_type = _patch_label_type(samples, patches_field) if patches_field else None
@@ -706,10 +765,10 @@ class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):
         )
         if self.batch_size < 1:
             raise ValueError("batch_size must be positive, got %r" % batch_size)
-        self.num_workers = fout.recommend_num_workers(num_workers)
         self.skip_ids: Set[str] = set(skip_ids or ())
         self.progress = progress
         self.failures: List[EmbeddingFailure] = failures if failures is not None else []
+        self.skip_failures = skip_failures
         self.num_embedded = 0
         self.num_skipped = 0
         self.total = _count_rows(samples, patches_field, self.patch_label_type)
@@ -732,7 +791,7 @@ class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):
     def _generate(self) -> Iterator[EmbeddingBatch]:
         use_cuda = self._embedder.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
-            _ImageTaskDataset(self._embedder.transform, patches=self.patches_field is not None),
+            _ImageTaskDataset(self._embedder.transform),
             batch_sampler=self._plan_batches(),
             num_workers=self.num_workers,
             collate_fn=_collate,
@@ -742,18 +801,31 @@ class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):
             prefetch_factor=(4 if use_cuda else 2) if self.num_workers > 0 else None,
         )
         iters_str = "patches" if self.patches_field else "images"
-        counted_skips = 0
         with fou.ProgressBar(total=self.total, progress=self.progress, iters_str=iters_str) as progress_bar:
+            counted_skips = 0
+            pending: Optional[Tuple[_PendingEmbeddings, _LoadedBatch]] = None
             for loaded in loader:
                 self.failures.extend(loaded.failures)
-                if loaded.sample_ids:
-                    batch = EmbeddingBatch(self._embedder(loaded.inputs), loaded.sample_ids, loaded.label_ids)
-                    self.num_embedded += len(batch)
-                    yield batch
-                # skips are counted ahead, as the loader prefetches tasks
-                progress_bar.update(len(loaded.sample_ids) + len(loaded.failures) + self.num_skipped - counted_skips)
+                if loaded.failures and not self.skip_failures:
+                    raise RuntimeError(format_failures(loaded.failures))
+                # skips are counted ahead of embedding, as the loader prefetches tasks
+                progress_bar.update(len(loaded.failures) + self.num_skipped - counted_skips)
                 counted_skips = self.num_skipped
+                # queue this batch before handing out the previous one, so that
+                # the GPU computes while the caller stores the previous batch
+                started = (self._embedder.start(loaded.inputs), loaded) if loaded.sample_ids else None
+                if pending is not None:
+                    yield self._complete(*pending, progress_bar)
+                pending = started
+            if pending is not None:
+                yield self._complete(*pending, progress_bar)
             progress_bar.update(self.num_skipped - counted_skips)
+
+    def _complete(self, embeddings: _PendingEmbeddings, loaded: _LoadedBatch, progress_bar) -> EmbeddingBatch:
+        batch = EmbeddingBatch(embeddings.result(), loaded.sample_ids, loaded.label_ids)
+        self.num_embedded += len(batch)
+        progress_bar.update(len(batch))
+        return batch
 
     def _plan_batches(self) -> Iterator[List[_ImageTask]]:
         """Groups tasks into batches of at most ``batch_size`` rows.
@@ -805,6 +877,7 @@ def iter_embedding_batches(
     progress: Union[bool, Callable, None] = None,
     failures: Optional[List[EmbeddingFailure]] = None,
     half_precision: Optional[bool] = None,
+    skip_failures: bool = True,
 ) -> EmbeddingBatchIterator:
     """Embeds a collection's images (or patches) batch by batch, with flat memory.
 
@@ -822,18 +895,24 @@ def iter_embedding_batches(
             ``Polyline(s)`` or ``Keypoint(s)`` field instead of whole images
         batch_size: rows per batch (default 32 on CPU, 128 on CUDA)
         num_workers: loader worker processes (default: FiftyOne's
-            recommendation, half the CPUs; 0 loads in this process)
+            recommendation, half the CPUs; 0 loads in this process). On CPU,
+            the model then runs with at most ``CPUs - num_workers`` threads
+            so that the two do not oversubscribe the cores
         skip_ids: sample ids (or label ids, with ``patches_field``) not to
             embed again, e.g. those already indexed before an interruption
         progress: FiftyOne's ``progress`` argument (bool, callback or None)
         failures: optional list to which failures are appended
-        half_precision: float16 autocast; default on for CUDA, never on CPU
+        half_precision: autocast to float16 on CUDA (default on) or to
+            bfloat16 on CPU (default off: faster on CPUs with AVX512-BF16 or
+            AMX, embeddings differ from float32 by ~1e-4 in cosine)
+        skip_failures: whether to go on past unreadable images (default);
+            if False, the first one raises a ``RuntimeError``
 
     Returns:
         an :class:`EmbeddingBatchIterator` of :class:`EmbeddingBatch`
     """
     return EmbeddingBatchIterator(
-        samples, model, patches_field, batch_size, num_workers, skip_ids, progress, failures, half_precision
+        samples, model, patches_field, batch_size, num_workers, skip_ids, progress, failures, half_precision, skip_failures
     )
 
 

