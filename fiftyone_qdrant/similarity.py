@@ -611,7 +611,11 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         unique = list(dict.fromkeys(sample_ids.tolist()))
         for start in range(0, len(unique), 50000):
             batch = unique[start : start + 50000]
-            found = dataset._sample_collection.distinct("_id", {"_id": {"$in": [ObjectId(i) for i in batch]}})
+            query = {"_id": {"$in": [ObjectId(i) for i in batch]}}
+            # counting is twice as fast as listing: list only to name the missing
+            if dataset._sample_collection.count_documents(query) == len(batch):
+                continue
+            found = dataset._sample_collection.distinct("_id", query)
             missing = set(batch) - {str(i) for i in found}
             if missing:
                 raise InvalidInputError(
@@ -769,6 +773,10 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if label_ids is not None and not patches:
             raise InvalidInputError("This index is not a patches index: pass sample_ids, not label_ids")
         if not self.store.collection_exists(self.collection_name):
+            asked = label_ids if label_ids is not None else sample_ids
+            if asked is not None:  # nothing is indexed yet: every id is missing
+                keys = idmap.validate_ids(asked, "label" if label_ids is not None else "sample")
+                self._report_missing(keys, allow_missing, warn_missing)
             records_ = []
         elif label_ids is not None:
             keys = idmap.validate_ids(label_ids, "label")

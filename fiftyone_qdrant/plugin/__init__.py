@@ -177,6 +177,80 @@ def uninstall(plugins_dir: Optional[str] = None) -> bool:
             return False
         if not os.path.isfile(os.path.join(target, "fiftyone.yml")):
             raise ValueError("'%s' is not a fiftyone-qdrant plugin; not removing it" % target)
+        with open(os.path.join(target, "fiftyone.yml")) as f:
+            if PLUGIN_NAME not in f.read():
+                raise ValueError("'%s' holds another plugin; not removing it" % target)
         shutil.rmtree(target)
         return True
     return False
+
+
+def status() -> dict:
+    """Where FiftyOne finds the plugin, for humans and for ``--json``."""
+    import fiftyone as fo
+    import fiftyone.plugins as fop
+    import fiftyone.plugins.core as fopc
+
+    found = [p for p in fop.list_plugins(enabled="all", builtin="all") if p.name == PLUGIN_NAME]
+    return {
+        "plugin": PLUGIN_NAME,
+        "package_dir": PLUGIN_DIR,
+        "plugins_dir": fo.config.plugins_dir,
+        "discovery_hook": bool(getattr(fopc._iter_plugin_metadata_files, "_fiftyone_qdrant", False))
+        and not discovery_disabled(),
+        "found_at": found[0].directory if found else None,
+        "enabled": bool(found) and PLUGIN_NAME not in fop.list_disabled_plugins(),
+    }
+
+
+# -- command line: ``fiftyone-qdrant plugin ...`` -----------------------------
+
+
+def add_cli_command(subparsers) -> None:
+    """Adds ``plugin {install,uninstall,status}`` to the ``fiftyone-qdrant``
+    command's subparsers."""
+    parser = subparsers.add_parser(
+        "plugin",
+        help="install the FiftyOne App plugin into a plugins directory, or show where FiftyOne finds it",
+        description=(
+            "FiftyOne finds the App plugin shipped with this package automatically (an import hook "
+            "installed with the package). 'install' links it into a FiftyOne plugins directory "
+            "(default: fo.config.plugins_dir / FIFTYONE_PLUGINS_DIR) for setups where the hook is "
+            "off or another machine serves the App."
+        ),
+    )
+    actions = parser.add_subparsers(dest="plugin_action", metavar="ACTION")
+    actions.required = True
+    install_parser = actions.add_parser("install", help="link (or --copy) the plugin into a plugins directory")
+    install_parser.add_argument("--plugins-dir", help="default: fo.config.plugins_dir")
+    install_parser.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
+    install_parser.add_argument("--force", action="store_true", help="replace an existing installation")
+    uninstall_parser = actions.add_parser("uninstall", help="remove what 'install' put in a plugins directory")
+    uninstall_parser.add_argument("--plugins-dir", help="default: fo.config.plugins_dir")
+    status_parser = actions.add_parser("status", help="show where FiftyOne finds the plugin")
+    status_parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_cli_command)
+
+
+def run_cli_command(args) -> int:
+    import json
+
+    try:
+        if args.plugin_action == "install":
+            target = install(args.plugins_dir, copy=args.copy, overwrite=args.force)
+            print("Installed %s at %s" % (PLUGIN_NAME, target))
+        elif args.plugin_action == "uninstall":
+            removed = uninstall(args.plugins_dir)
+            print("Removed %s" % PLUGIN_NAME if removed else "Nothing to remove")
+        else:
+            info = status()
+            if args.json:
+                print(json.dumps(info, indent=1))
+            else:
+                for key, value in info.items():
+                    print("%-15s %s" % (key + ":", value))
+            return 0 if info["found_at"] else 1
+    except (ValueError, FileExistsError) as e:
+        print("fiftyone-qdrant plugin: %s" % e, file=sys.stderr)
+        return 2
+    return 0

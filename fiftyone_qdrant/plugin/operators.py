@@ -132,14 +132,14 @@ def _store_inputs(inputs: types.Object) -> None:
     )
 
 
-def _progress(ctx, fraction: float, label: str):
-    """An App progress update to yield (immediate execution), or None after
-    reporting it to the delegated-operation store."""
+def _progress(ctx, fraction: float, label: str) -> list:
+    """Reports progress: as App messages to yield (immediate execution), or
+    to the delegated-operation store (then nothing to yield)."""
     fraction = max(0.0, min(1.0, float(fraction)))
     if ctx.delegated:
         ctx.set_progress(progress=fraction, label=label)
-        return None
-    return ctx.ops.set_progress(progress=fraction, label=label)
+        return []
+    return [ctx.ops.set_progress(progress=fraction, label=label)]
 
 
 def qdrant_brain_keys(dataset) -> List[str]:
@@ -232,8 +232,8 @@ class BuildQdrantIndex(foo.Operator):
     name, with optional ``model_kwargs``); ``patches_field``; ``metric``;
     ``collection_name``; ``batch_size``; ``path`` / ``url``.
 
-    A build that fails is rolled back (the run and the collection are
-    deleted), so it can simply be run again.
+    A build that fails or is interrupted is rolled back (the run and the
+    collection are deleted), so it can simply be run again.
     """
 
     @property
@@ -398,7 +398,7 @@ class BuildQdrantIndex(foo.Operator):
             kwargs["model"] = model
             what = "model '%s'" % model_name
 
-        yield _progress(ctx, 0.0, "Creating the index...")
+        yield from _progress(ctx, 0.0, "Creating the index...")
         with _quiet_prompt_warning():
             index = fob.compute_similarity(view, **kwargs)
         try:
@@ -424,13 +424,11 @@ class BuildQdrantIndex(foo.Operator):
                     index.add_to_index(embeddings, sample_ids, label_ids=label_ids)
                     added += len(embeddings)
                 done = min(len(ids), (i + 1) * step)
-                op = _progress(
+                yield from _progress(
                     ctx,
                     0.02 + 0.96 * (i + 1) / num_batches,
                     "Indexed %d of %d samples (%d vectors) from %s" % (done, len(ids), added, what),
                 )
-                if op is not None:
-                    yield op
             if added == 0:
                 raise ValueError("No embeddings were found in %s for this view" % what)
             index.save()
@@ -444,14 +442,9 @@ class BuildQdrantIndex(foo.Operator):
             index.collection_name,
         )
         logger.info(message)
-        yield _progress(ctx, 1.0, message)
+        yield from _progress(ctx, 1.0, message)
         yield ctx.ops.notify(message, variant="success")
         yield ctx.ops.reload_dataset()
-
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("message", label="Result")
-        return types.Property(outputs, view=types.View(label="Qdrant index built"))
 
 
 class _PromptWarningFilter(logging.Filter):
@@ -624,16 +617,16 @@ class ListQdrantIndexes(foo.Operator):
         outputs.list("stores", types.String(), label="Stores")
         table = types.TableView()
         for key, label in (
-            ("collection_name", "Collection"),
-            ("size", "Vectors"),
-            ("dataset_name", "Dataset"),
             ("brain_key", "Brain key"),
-            ("dimension", "Dim"),
+            ("dataset_name", "Dataset"),
+            ("status", "Status"),
+            ("size", "Vectors"),
+            ("collection_name", "Collection"),
             ("metric", "Metric"),
+            ("dimension", "Dim"),
             ("model", "Model"),
             ("patches_field", "Patches"),
             ("created_at", "Created"),
-            ("status", "Status"),
             ("store", "Store"),
         ):
             table.add_column(key, label=label)
