@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -60,6 +60,33 @@ class IdRestriction:
 
     values: Sequence[str]
     field: Optional[str] = None
+
+
+def iter_pages(fetch_page: Callable[[Any], Tuple[list, Any]]) -> Iterator[list]:
+    """Pages of a scroll: ``fetch_page(offset)`` returns ``(records,
+    next_offset)``; the first offset is None, the last next_offset None."""
+    offset = None
+    while True:
+        records, offset = fetch_page(offset)
+        if records:
+            yield records
+        if offset is None:
+            return
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """An exclusive inter-process lock held on ``path`` (created if needed)."""
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class VectorStore(abc.ABC):

@@ -8,7 +8,7 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from .engine import CollectionSpec, Hit, IdRestriction, PointRecord, VectorStore
+from .engine import CollectionSpec, Hit, IdRestriction, PointRecord, VectorStore, iter_pages
 from .errors import CollectionNotFoundError, ConfigError, ConnectionFailedError
 
 DISTANCES = {
@@ -213,9 +213,8 @@ class ServerStore(VectorStore):
         return str(self.count(name))
 
     def scroll(self, name, with_vectors=False, page_size=1000, restriction=None, vector_name=None):
-        offset = None
-        while True:
-            records, offset = self._call(
+        def fetch_page(offset):
+            return self._call(
                 self.client.scroll,
                 collection_name=name,
                 scroll_filter=_filter(restriction),
@@ -224,10 +223,9 @@ class ServerStore(VectorStore):
                 with_payload=True,
                 with_vectors=_with_vectors(with_vectors, vector_name),
             )
-            if records:
-                yield [_record(r, with_vectors, vector_name) for r in records]
-            if offset is None:
-                return
+
+        for records in iter_pages(fetch_page):
+            yield [_record(r, with_vectors, vector_name) for r in records]
 
     def query_batch(self, name, vectors, limit, restriction=None, score_threshold=None, vector_name=None, search_params=None):
         query_filter = _filter(restriction)

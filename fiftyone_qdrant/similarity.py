@@ -1026,11 +1026,13 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                     in_view.update((key, key in members) for key in new)
                 checked = upto
                 results = [[h for h in hits[:checked] if in_view[self._hit_key(h)]] for hits in all_hits]
-                if all(len(r) >= want for r in results):
+                found = min(len(r) for r in results)
+                if found >= want:
                     return [r[:want] for r in results]
                 if checked >= longest:
                     break
-                step *= 4
+                # check next about as many as the in-view rate so far needs
+                step = 4 * checked if found == 0 else max(16, math.ceil(checked * (want / found * 1.25 - 1)))
             if limit >= total:
                 return results
             limit = min(total, limit * 4)

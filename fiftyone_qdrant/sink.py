@@ -87,7 +87,7 @@ from typing import (
 
 import numpy as np
 
-from .engine import METRICS
+from .engine import METRICS, file_lock
 from .errors import CollectionNotFoundError, ConfigError, QdrantBackendError
 
 logger = logging.getLogger(__name__)
@@ -765,15 +765,7 @@ class Checkpoint:
             os.replace(tmp, self.path)
 
 
-@contextlib.contextmanager
-def _locked(lock_path: str):
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+_locked = file_lock
 
 
 @dataclasses.dataclass
