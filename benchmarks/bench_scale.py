@@ -34,6 +34,7 @@ Prints one table and writes JSON to ``benchmarks/results/<date>_<host>.json``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import gc
 import json
@@ -53,6 +54,7 @@ import subprocess
 
 # FiftyOne reads these at import time
 _TMP = tempfile.mkdtemp(prefix="fiftyone-qdrant-bench-")
+atexit.register(shutil.rmtree, _TMP, True)  # runs last (after mongod stops)
 os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(_TMP, "db")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
@@ -412,8 +414,22 @@ def bench_size(n, args, sampler):
         flush=True,
     )
 
+    # the package alone: add_to_index() into an empty index (what
+    # compute_similarity() does after FiftyOne has listed the dataset's ids)
+    empty = fob.compute_similarity(
+        dataset, embeddings=False, backend="qdrant", path=store_path, brain_key="qd_add", progress=False
+    )
+    gc.collect()
+    with sampler.phase("add_to_index_qdrant"):
+        empty.add_to_index(X, ids)
+    out["add_to_index_qdrant_vps"] = n / phases["add_to_index_qdrant"]["seconds"]
+    empty.cleanup()
+    dataset.delete_brain_run("qd_add")
+    del empty
+    print("qdrant add_to_index alone: %.0f vec/s" % out["add_to_index_qdrant_vps"], flush=True)
+
     sk = None
-    if not args.no_sklearn:
+    if not args.no_sklearn and (n < 1000000 or args.sklearn_at_1m):
         gc.collect()
         with sampler.phase("build_sklearn"):
             sk = fob.compute_similarity(dataset, embeddings=X, backend="sklearn", brain_key="sk", progress=False)
@@ -552,6 +568,7 @@ def bench_size(n, args, sampler):
     out["peak_rss_mb"] = max(p["rss_peak_mb"] for p in phases.values())
     # ratios measured in this run
     out["ratio_build_vs_raw"] = out["build_qdrant_vps"] / out["build_raw_vps"]
+    out["ratio_add_to_index_vs_raw"] = out["add_to_index_qdrant_vps"] / out["build_raw_vps"]
     qa = out["queries"]
     out["ratio_query_backend_vs_raw"] = qa["all"]["qdrant_backend"]["p50_ms"] / qa["all"]["raw_edge"]["p50_ms"]
     out["ratio_query_api_vs_raw"] = qa["all"]["qdrant_api"]["p50_ms"] / qa["all"]["raw_edge"]["p50_ms"]
@@ -654,6 +671,10 @@ def main(argv=None):
     )
     parser.add_argument("--client-local-size", type=int, default=10000, help="0 to skip the qdrant-client local side run")
     parser.add_argument("--no-sklearn", action="store_true", help="skip the sklearn backend")
+    parser.add_argument(
+        "--sklearn-at-1m", action="store_true",
+        help="also run sklearn from 1M (~10 min to build, several GB more memory); skipped by default",
+    )
     parser.add_argument(
         "--build-repeats", type=int, default=0, help="alternating qdrant/raw builds, best kept (default 3, 1 from 1M)"
     )

@@ -7,9 +7,10 @@
 
     python benchmarks/profile_paths.py --n 100000 [--top 25]
 
-Writes ``benchmarks/results/profile_<n>_<phase>.prof`` (open with snakeviz or
-``python -m pstats``) and prints the top functions by cumulative and by own
-time for each phase.
+Prints the top functions by cumulative and by own time for each phase (the
+text kept in ``benchmarks/results/profiles/``) and writes
+``<--out>/profile_<n>_<phase>.prof`` (default in the temp directory; open
+with snakeviz or ``python -m pstats``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import os
 import pstats
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +47,7 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--phases", default="build,all,10pct,1pct")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "profiles"))
+    parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "fiftyone-qdrant-profiles"))
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     phases = args.phases.split(",")
