@@ -12,7 +12,8 @@ import hook that waits for ``fiftyone.brain.config`` and then applies the
 backends declared in the ``fiftyone.brain.similarity_backends`` entry-point
 group. It also points FiftyOne's built-in Qdrant classes (which no longer work
 with current qdrant-client) at ours, so runs created by the built-in backend
-load and query.
+load and query, and it makes FiftyOne's plugin discovery find the App plugin
+shipped in ``fiftyone_qdrant/plugin`` (see :mod:`fiftyone_qdrant.plugin`).
 
 Opt out with ``FIFTYONE_QDRANT_DISABLE_PLUGIN=true``. An explicit
 ``config_cls`` (``FIFTYONE_BRAIN_SIMILARITY_QDRANT_CONFIG_CLS`` or
@@ -32,6 +33,7 @@ DISABLE_ENV_VAR = "FIFTYONE_QDRANT_DISABLE_PLUGIN"
 
 _BRAIN_CONFIG_MODULE = "fiftyone.brain.config"
 _BUILTIN_QDRANT_MODULE = "fiftyone.brain.internal.core.qdrant"
+_PLUGINS_CORE_MODULE = "fiftyone.plugins.core"
 
 
 def plugin_disabled() -> bool:
@@ -68,6 +70,15 @@ def alias_builtin_qdrant(builtin_module) -> None:
     builtin_module.QdrantSimilarityIndex = similarity.QdrantSimilarityIndex
 
 
+def discover_app_plugin(plugins_core_module) -> None:
+    """Makes FiftyOne discover the App plugin shipped in
+    ``fiftyone_qdrant/plugin`` (FiftyOne only looks in ``plugins_dir``).
+    Opt out with ``FIFTYONE_QDRANT_DISABLE_APP_PLUGIN=true``."""
+    from fiftyone_qdrant import plugin
+
+    plugin.patch_plugin_discovery(plugins_core_module)
+
+
 class _AfterImportHook(importlib.abc.MetaPathFinder):
     """Runs a callback right after a given module has executed."""
 
@@ -91,7 +102,7 @@ class _AfterImportHook(importlib.abc.MetaPathFinder):
                 callback(module)
             except Exception as e:  # never break `import fiftyone`
                 print(
-                    "fiftyone-qdrant: could not register backend: %s" % e,
+                    "fiftyone-qdrant: could not patch %s: %s" % (fullname, e),
                     file=sys.stderr,
                 )
 
@@ -109,6 +120,7 @@ def install() -> None:
     callbacks = {
         _BRAIN_CONFIG_MODULE: register_backends,
         _BUILTIN_QDRANT_MODULE: alias_builtin_qdrant,
+        _PLUGINS_CORE_MODULE: discover_app_plugin,
     }
 
     # Modules imported before the hook (e.g. an interactive re-install) are

@@ -194,7 +194,13 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 #: functions that add a subcommand; append to add one
-COMMANDS: List[Callable] = [_add_sink_command, _add_list_command]
+def _add_plugin_command(subparsers) -> None:
+    from .plugin import add_cli_command
+
+    add_cli_command(subparsers)
+
+
+COMMANDS: List[Callable] = [_add_sink_command, _add_list_command, _add_plugin_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -269,6 +269,38 @@ def test_install_links_or_copies_and_uninstall_removes(tmp_path):
     assert os.path.isfile(plugin.METADATA_PATH)  # the package's files are untouched
 
 
+def test_plugin_command_line(tmp_path, capsys, monkeypatch):
+    """``fiftyone-qdrant plugin install|status|uninstall`` (the subcommand
+    that ``plugin.add_cli_command`` adds to the ``fiftyone-qdrant`` parser)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="fiftyone-qdrant")
+    plugin.add_cli_command(parser.add_subparsers(dest="command"))
+
+    def run(*argv):
+        args = parser.parse_args(list(argv))
+        return args.run(args), capsys.readouterr()
+
+    target = str(tmp_path / "plugins")
+    code, out = run("plugin", "install", "--plugins-dir", target)
+    assert code == 0 and os.path.islink(os.path.join(target, plugin.INSTALL_DIRNAME)), out
+    code, out = run("plugin", "install", "--plugins-dir", target, "--copy")
+    assert code == 2 and "already exists" in out.err
+    code, out = run("plugin", "install", "--plugins-dir", target, "--copy", "--force")
+    assert code == 0 and not os.path.islink(os.path.join(target, plugin.INSTALL_DIRNAME))
+
+    monkeypatch.setattr(fo.config, "plugins_dir", target)
+    code, out = run("plugin", "status", "--json")
+    info = json.loads(out.out)
+    assert code == 0 and info["plugin"] == plugin.PLUGIN_NAME and info["enabled"]
+    assert info["found_at"] == os.path.join(target, plugin.INSTALL_DIRNAME)
+
+    code, out = run("plugin", "uninstall", "--plugins-dir", target)
+    assert code == 0 and "Removed" in out.out and not os.path.exists(os.path.join(target, plugin.INSTALL_DIRNAME))
+    code, out = run("plugin", "uninstall", "--plugins-dir", target)
+    assert code == 0 and "Nothing to remove" in out.out
+
+
 # -- 1. the operators, through FiftyOne's execution API ---------------------------
 
 
@@ -317,6 +349,17 @@ def test_build_operator_on_patches_and_a_view(shapes):
     emb = {d.id: d.embedding for s in view for d in s.shapes.detections}
     order = sorted(label_ids, key=lambda l: float(np.linalg.norm(emb[l] - emb[label_ids[0]])))
     assert patches.sort_by_similarity(label_ids[0], k=4, brain_key="obj").values("id") == order[:4]
+
+
+def test_build_operator_from_a_patches_view_indexes_its_patches(shapes):
+    dataset, store = shapes
+    patches = dataset.to_patches("shapes").limit(7)
+    result = foo.execute_operator(URI + "build_qdrant_index", ctx={
+        "view": patches, "params": {"brain_key": "obj", "embeddings_field": "embedding", "path": store}})
+    assert result.error is None
+    index = dataset.load_brain_results("obj")
+    assert index.config.patches_field == "shapes"
+    assert sorted(index.label_ids) == sorted(patches.values("id"))
 
 
 def test_build_operator_rolls_back_a_failed_build(shapes):
@@ -759,6 +802,7 @@ class Browser:
         dismiss = self.page.get_by_text("Dismiss", exact=True)
         if dismiss.count():
             dismiss.first.click()
+        self.clear_view()  # the App restores the session's last view
 
     def grid(self, tag):
         """The labels shown on the grid's tiles, in reading order."""
@@ -770,7 +814,15 @@ class Browser:
                 tiles.append((round(box["y"]), box["x"], label.inner_text().strip()))
         return [label for _, _, label in sorted(tiles)]
 
+    def show_field(self, name):
+        """Checks the field in the sidebar, so that its labels show on the tiles."""
+        checkbox = self.page.locator('[data-cy="checkbox-%s"]' % name)
+        checkbox.wait_for(timeout=30000)
+        if not checkbox.locator("input").is_checked():
+            checkbox.click()
+
     def wait_for_grid(self, tag, count, timeout=60):
+        self.show_field(tag)
         deadline, last, stable = time.time() + timeout, None, 0
         while time.time() < deadline:
             labels = self.grid(tag)
@@ -782,7 +834,8 @@ class Browser:
                 stable = 0
             last = labels
             self.page.wait_for_timeout(500)
-        raise AssertionError("the grid did not settle on %s tiles; it shows %s" % (count, last))
+        shot = self.screenshot("failed-grid-%d.png" % int(time.time()))
+        raise AssertionError("the grid did not settle on %s tiles; it shows %s (see %s)" % (count, last, shot))
 
     def select_tile(self, index):
         looker = self.page.locator('[data-cy="looker"]').nth(index)
@@ -801,7 +854,7 @@ class Browser:
                 raise AssertionError("the App sent no similarity search")
             self.page.wait_for_timeout(250)
         params, run_id, error = self.searches[-1]
-        assert error is None and run_id, error
+        assert error is None and run_id, "the App's similarity search failed: %s" % (error or "")[-1500:]
         # the App opens its Similarity Search panel with the new run: show it
         card = self.page.locator('[data-testid="%s"]' % run_id)
         card.wait_for(timeout=60000)
@@ -845,6 +898,23 @@ class Browser:
     def to_patches(self, field):
         self.click_action("action-clips-patches")
         self.page.get_by_text(field, exact=True).last.click()
+
+    def run_operator(self, label, fill=None):
+        """Opens the operator browser, picks an operator by its label, lets
+        ``fill(page)`` fill its form, and executes it."""
+        self.page.keyboard.press("Escape")
+        self.click_action("action-browse-operations")
+        self.page.keyboard.type(label)
+        self.page.get_by_text(label, exact=True).first.click()
+        self.page.get_by_role("button", name="Execute").wait_for(timeout=30000)
+        if fill is not None:
+            fill(self.page)
+        execute = self.page.get_by_role("button", name="Execute")
+        deadline = time.time() + 30
+        while not execute.is_enabled():  # the form re-resolves as it is filled
+            assert time.time() < deadline, "the operator form stayed invalid"
+            self.page.wait_for_timeout(250)
+        execute.click()
 
     def screenshot(self, name):
         path = os.path.join(self.shots_dir, name)
@@ -952,3 +1022,49 @@ def test_browser_patches_sort_by_similar_objects(browser, app_dataset):
     browser.screenshot("app-patches-similar-objects.png")
     assert [label_to_id[t] for t in shown] == patches.sort_by_similarity(query, k=K, brain_key="obj").values("id")
     browser.clear_view()
+    browser.wait_for_grid("tile", 30)
+
+
+@pytest.mark.browser
+def test_browser_plugin_builds_lists_and_deletes_an_index(browser, app_dataset, app_store):
+    """The plugin's operators, from the App's operator browser."""
+    key = "zz_from_the_app"
+    browser.open(app_dataset)
+    browser.wait_for_grid("tile", 30)
+
+    def fill_build(page):
+        page.locator('input[type="string"]').first.fill(key)  # brain key
+        field = page.get_by_placeholder("Type or select a value")
+        field.click()
+        page.get_by_role("option", name="pixels", exact=True).click()
+        paths = page.locator('input[type="string"]')
+        paths.nth(paths.count() - 2).fill(app_store)  # embedded store path
+
+    browser.run_operator("Build Qdrant similarity index", fill_build)
+    browser.page.get_by_text("Built Qdrant index '%s'" % key).first.wait_for(timeout=120000)
+    browser.screenshot("app-plugin-build.png")  # the progress bar at 100%, and the notification
+    browser.page.get_by_role("button", name="Done").click()
+    app_dataset.reload()
+    index = app_dataset.load_brain_results(key)
+    assert index.total_index_size == 30 and index.config.path == app_store
+    ids = app_dataset.values("id")
+    assert browser.app.similarity_search(app_dataset, key, [ids[1]]) == \
+        app_dataset.sort_by_similarity(ids[1], k=K, brain_key=key).values("id")
+
+    browser.run_operator("List Qdrant indexes")
+    browser.page.get_by_text("Runs of this dataset without a collection").wait_for(timeout=60000)
+    browser.screenshot("app-plugin-list.png")
+    for other in app_dataset.list_brain_runs():
+        name = app_dataset.load_brain_results(other).collection_name
+        assert browser.page.get_by_role("cell", name=name, exact=True).count() == 1, name
+    browser.page.get_by_role("button", name="Close").click()
+
+    def fill_delete(page):
+        page.get_by_role("combobox").last.click()
+        page.get_by_role("option", name=key, exact=True).click()
+
+    browser.run_operator("Delete Qdrant index", fill_delete)
+    browser.page.get_by_text("Deleted brain run(s) %s/%s" % (app_dataset.name, key)).first.wait_for(timeout=60000)
+    app_dataset.reload()
+    assert not app_dataset.has_brain_run(key)
+    assert not index.store.collection_exists(index.collection_name)

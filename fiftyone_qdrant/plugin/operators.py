@@ -369,6 +369,10 @@ class BuildQdrantIndex(foo.Operator):
 
         view = ctx.target_view()
         patches_field = params.get("patches_field") or None
+        if getattr(view, "_is_patches", False) and getattr(view, "patches_field", None):
+            # a patches view: index exactly its patches, from their samples
+            patches_field = patches_field or view.patches_field
+            view = dataset.select_labels(ids=view.values("id"), fields=patches_field)
         source = params.get("embeddings_source") or ("model" if params.get("model") else "field")
         embeddings_field = params.get("embeddings_field") or None
         model_name = params.get("model") or None
