@@ -173,9 +173,15 @@ def run_writer(spec):
     index = dataset.load_brain_results(spec["brain_key"])
     progress = spec["progress"]
     deadline = time.time() + spec["seconds"]
+    # keep writing past the deadline until the reader has checked every
+    # kind of query at least once (a slow CI machine may need longer)
+    hard_deadline = deadline + 120
+    reader_done = spec.get("reader_done")
     emit("START")
     op = 0
-    while time.time() < deadline:
+    while time.time() < deadline or (
+        reader_done and not os.path.exists(reader_done) and time.time() < hard_deadline
+    ):
         m, odd = divmod(op, 2)
         block = m % num_blocks if odd else (m + window) % num_blocks
         sl = slice(block * size, (block + 1) * size)

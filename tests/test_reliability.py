@@ -428,7 +428,7 @@ def test_queries_while_another_process_writes(dataset_factory, store_path, tmp_p
     spec = dict(
         op="writer", dataset=dataset.name, brain_key=key, path=store_path, embeddings=str(tmp_path / "X.npy"),
         ids=str(tmp_path / "ids.json"), block_size=size, num_blocks=num_blocks, window=window,
-        seconds=seconds, progress=progress,
+        seconds=seconds, progress=progress, reader_done=str(tmp_path / "reader_done"),
     )
     dataset.reload()
     index = dataset.load_brain_results(key, cache=False)
@@ -496,6 +496,8 @@ def test_queries_while_another_process_writes(dataset_factory, store_path, tmp_p
                 raise AssertionError("%s answer valid for no state in %d..%d:\n%s" % (kind, c0, c1 + 1, "\n".join(errors)))
             checks[kind] += 1
             points_checked += len(got) if isinstance(got, list) else 1
+            if min(checks.values()) >= 1:
+                (tmp_path / "reader_done").touch()
         proc.join(30)
         drain(recv, lines)
     finally:
@@ -507,7 +509,7 @@ def test_queries_while_another_process_writes(dataset_factory, store_path, tmp_p
     assert proc.exitcode == 0, lines[-3:]
     ops = int([l for l in lines if l.startswith("OPS")][0].split()[1])
     assert ops == _read_progress(progress) and ops >= 4
-    assert sum(checks.values()) >= len(checks), checks
+    assert min(checks.values()) >= 1, checks
 
     # the final state, read by a fresh handle
     close_all()
