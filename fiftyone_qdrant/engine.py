@@ -154,6 +154,11 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def count(self, name: str) -> int: ...
 
+    def searches_exhaustively(self, name: str) -> bool:
+        """Whether a query scores every point (no HNSW index yet). Servers
+        index collections by themselves once they grow."""
+        return False
+
     @abc.abstractmethod
     def revision(self, name: str) -> Optional[str]:
         """Changes whenever the set of points may have changed (cache key)."""

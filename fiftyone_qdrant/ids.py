@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Iterable, List, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
 
 from .errors import InvalidInputError
 
@@ -73,3 +75,41 @@ def from_point_id(point_id: object) -> str | None:
         return text[:24]
 
     return None
+
+
+# A MongoDB document holding only an ObjectId ``_id`` is always these 22
+# bytes: int32 length (22), type 0x07, the key "_id\0", 12 id bytes, 0x00
+_ID_DOC_SIZE = 22
+_ID_DOC_HEAD = np.frombuffer(b"\x16\x00\x00\x00\x07_id\x00", dtype=np.uint8)
+
+
+def iter_object_id_batches(collection, pipeline: List[dict], batch_size: int = 10000) -> Iterator[List[str]]:
+    """The ``_id`` values of an aggregation as hex strings, batch by batch,
+    in the pipeline's order.
+
+    The pipeline must end by projecting ``_id`` alone. Reading the raw BSON
+    batches with numpy lists ids ~4x faster than ``values("id")`` (which
+    decodes every document and converts every id in Python): it matters on
+    every build and every view query. Batches in any other shape (ids that
+    are not ObjectIds) are decoded normally.
+    """
+    import bson
+
+    for raw in collection.aggregate_raw_batches(pipeline, batchSize=batch_size):
+        buf = np.frombuffer(raw, dtype=np.uint8)
+        if len(buf) % _ID_DOC_SIZE == 0:
+            docs = buf.reshape(-1, _ID_DOC_SIZE)
+            if (docs[:, : len(_ID_DOC_HEAD)] == _ID_DOC_HEAD).all() and (docs[:, -1] == 0).all():
+                text = docs[:, len(_ID_DOC_HEAD) : -1].tobytes().hex()
+                yield [text[i : i + 24] for i in range(0, len(text), 24)]
+                continue
+        yield [str(doc["_id"]) for doc in bson.decode_all(raw)]
+
+
+def list_view_ids(samples, limit: Optional[int] = None, batch_size: int = 10000) -> Iterator[List[str]]:
+    """The sample ids of a FiftyOne collection in ``samples.values("id")``
+    order (the same pipeline, projected to ``_id``), batch by batch; at most
+    ``limit`` of them."""
+    post = ([{"$limit": limit}] if limit is not None else []) + [{"$project": {"_id": True}}]
+    pipeline = samples._pipeline(post_pipeline=post)
+    return iter_object_id_batches(samples._dataset._sample_collection, pipeline, batch_size)

@@ -11,10 +11,11 @@ itself.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,6 +51,8 @@ _PAGE_SIZE = 1000
 # answered by oversampling, so a query never ships more than this many ids
 # (or 6 * sqrt(index size), see _max_filter_ids())
 _MAX_FILTER_IDS = 1000
+# ... or total / this, while every query scans the whole collection anyway
+_EXHAUSTIVE_FILTER_DIVISOR = 25
 
 
 def _model_fields(model_cls) -> Tuple[str, ...]:
@@ -83,6 +86,36 @@ def _float32_chunks(embeddings: np.ndarray, rows: int = 8192):
     """(start row, float32 chunk) pairs covering ``embeddings``."""
     for start in range(0, len(embeddings), rows):
         yield start, np.asarray(embeddings[start : start + rows], dtype=np.float32)
+
+
+def _as_2d_numeric(embeddings) -> np.ndarray:
+    try:
+        embeddings = np.asarray(embeddings)
+    except ValueError:  # ragged rows
+        raise InvalidInputError("Embeddings must be a 2-d array of numbers; got rows of different lengths") from None
+    if embeddings.dtype == object or not np.issubdtype(embeddings.dtype, np.number) or np.iscomplexobj(embeddings):
+        raise InvalidInputError("Embeddings must be a numeric array, got dtype %s" % embeddings.dtype)
+    if embeddings.ndim == 1 and embeddings.size > 0:
+        embeddings = embeddings[np.newaxis, :]
+    if embeddings.ndim != 2:
+        raise InvalidInputError(
+            "Embeddings must be a 2-d array (num_embeddings x num_dims), got shape %s" % (embeddings.shape,)
+        )
+    return embeddings
+
+
+def _payloads(sample_ids: np.ndarray, label_ids: Optional[np.ndarray], norms: Optional[np.ndarray]) -> List[dict]:
+    """Point payloads: the FiftyOne ids, and the original norm of vectors
+    that cosine collections store normalized (to give them back as added)."""
+    sids = sample_ids.tolist()
+    if norms is not None:
+        payloads = [{"sample_id": s, _NORM_KEY: n} for s, n in zip(sids, norms.tolist())]
+    else:
+        payloads = [{"sample_id": s} for s in sids]
+    if label_ids is not None:
+        for payload, lid in zip(payloads, label_ids.tolist()):
+            payload["label_id"] = lid
+    return payloads
 
 
 def _positive_int(name: str, value: Any) -> Optional[int]:
@@ -520,8 +553,14 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if reload:
             self.reload()
 
-    def _add_to_index(self, embeddings, sample_ids, label_ids, overwrite, allow_existing, warn_existing, batch_size, progress):
-        embeddings, sample_ids, label_ids = self._validate_additions(embeddings, sample_ids, label_ids)
+    def _add_to_index(
+        self, embeddings, sample_ids, label_ids, overwrite, allow_existing, warn_existing, batch_size, progress,
+        checked_ids=False,
+    ):
+        if checked_ids:
+            embeddings = self._validate_embeddings(embeddings, sample_ids)
+        else:
+            embeddings, sample_ids, label_ids = self._validate_additions(embeddings, sample_ids, label_ids)
         if len(sample_ids) == 0:
             return
         keys = label_ids if label_ids is not None else sample_ids
@@ -571,13 +610,11 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             for start in range(0, len(keys), batch_size):
                 stop = start + batch_size
                 batch = np.asarray(embeddings[start:stop], dtype=np.float32)
-                payloads = [{"sample_id": sid} for sid in sample_ids[start:stop].tolist()]
-                if label_ids is not None:
-                    for payload, lid in zip(payloads, label_ids[start:stop].tolist()):
-                        payload["label_id"] = lid
-                if normalize:
-                    for payload, norm in zip(payloads, np.linalg.norm(batch, axis=1).tolist()):
-                        payload[_NORM_KEY] = norm
+                payloads = _payloads(
+                    sample_ids[start:stop],
+                    label_ids[start:stop] if label_ids is not None else None,
+                    np.linalg.norm(batch, axis=1) if normalize else None,
+                )
                 self.store.upsert(
                     self.collection_name, point_ids[start:stop], batch, payloads, vector_name=self.config.vector_name
                 )
@@ -631,18 +668,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return idmap.to_point_ids(keys)
 
     def _validate_additions(self, embeddings, sample_ids, label_ids):
-        try:
-            embeddings = np.asarray(embeddings)
-        except ValueError:  # ragged rows
-            raise InvalidInputError("Embeddings must be a 2-d array of numbers; got rows of different lengths") from None
-        if embeddings.dtype == object or not np.issubdtype(embeddings.dtype, np.number) or np.iscomplexobj(embeddings):
-            raise InvalidInputError("Embeddings must be a numeric array, got dtype %s" % embeddings.dtype)
-        if embeddings.ndim == 1 and embeddings.size > 0:
-            embeddings = embeddings[np.newaxis, :]
-        if embeddings.ndim != 2:
-            raise InvalidInputError(
-                "Embeddings must be a 2-d array (num_embeddings x num_dims), got shape %s" % (embeddings.shape,)
-            )
+        embeddings = _as_2d_numeric(embeddings)
         sample_ids = np.array(idmap.validate_ids(sample_ids, "sample"), dtype="<U24")
         if len(sample_ids) != len(embeddings):
             raise InvalidInputError(
@@ -660,22 +686,6 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 )
         elif label_ids is not None:
             raise InvalidInputError("This index is not a patches index: do not pass label_ids")
-        if len(embeddings) == 0:
-            return embeddings.astype(np.float32), sample_ids, label_ids
-        if embeddings.shape[1] == 0:
-            raise InvalidInputError("Embeddings have zero dimensions")
-        # Checked (and later written) in float32 chunks: never a second
-        # full-size copy or temporary of a possibly huge array
-        for start, chunk in _float32_chunks(embeddings):
-            with np.errstate(over="ignore", invalid="ignore"):
-                finite = np.isfinite(chunk).all(axis=1) & np.isfinite(np.linalg.norm(chunk, axis=1))
-            if not finite.all():
-                bad = start + int(np.flatnonzero(~finite)[0])
-                raise InvalidInputError(
-                    "Embedding %d (id %s) contains NaN or inf (or values so large that its norm "
-                    "overflows float32); fix or drop it before indexing"
-                    % (bad, (label_ids if label_ids is not None else sample_ids)[bad])
-                )
         keys = label_ids if label_ids is not None else sample_ids
         unique, counts = np.unique(keys, return_counts=True)
         if (counts > 1).any():
@@ -683,15 +693,38 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 "Id %s appears %d times in this batch; each id may be added once"
                 % (unique[counts > 1][0], counts[counts > 1][0])
             )
-        if self.config.metric == "cosine":
-            for start, chunk in _float32_chunks(embeddings):
-                zero = np.linalg.norm(chunk, axis=1) == 0
-                if zero.any():
-                    bad = start + int(np.flatnonzero(zero)[0])
-                    raise InvalidInputError(
-                        "Embedding %d (id %s) is all zeros, which has no cosine similarity; drop it" % (bad, keys[bad])
-                    )
-        return embeddings, sample_ids, label_ids
+        return self._validate_embeddings(embeddings, keys), sample_ids, label_ids
+
+    def _validate_embeddings(self, embeddings, keys: Optional[np.ndarray] = None) -> np.ndarray:
+        """Checks values (``keys``, one per row, only name bad rows)."""
+        embeddings = _as_2d_numeric(embeddings)
+        if len(embeddings) == 0:
+            return embeddings.astype(np.float32)
+
+        def name(row: int) -> str:
+            return "" if keys is None else " (id %s)" % keys[row]
+
+        if embeddings.shape[1] == 0:
+            raise InvalidInputError("Embeddings have zero dimensions")
+        # Checked (and later written) in float32 chunks: never a second
+        # full-size copy or temporary of a possibly huge array
+        cosine = self.config.metric == "cosine"
+        for start, chunk in _float32_chunks(embeddings):
+            with np.errstate(over="ignore", invalid="ignore"):
+                norms = np.linalg.norm(chunk, axis=1)
+                finite = np.isfinite(norms) & np.isfinite(chunk).all(axis=1)
+            if not finite.all():
+                bad = start + int(np.flatnonzero(~finite)[0])
+                raise InvalidInputError(
+                    "Embedding %d%s contains NaN or inf (or values so large that its norm "
+                    "overflows float32); fix or drop it before indexing" % (bad, name(bad))
+                )
+            if cosine and (norms == 0).any():
+                bad = start + int(np.flatnonzero(norms == 0)[0])
+                raise InvalidInputError(
+                    "Embedding %d%s is all zeros, which has no cosine similarity; drop it" % (bad, name(bad))
+                )
+        return embeddings
 
     def _create_collection(self, dimension: int) -> None:
         spec = self.config.collection_spec(dimension)
@@ -954,13 +987,20 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 return [r[:want] for r in results]
             limit = min(total, limit * 4)
 
-    @staticmethod
-    def _max_filter_ids(total: int) -> int:
-        """The largest view sent to Qdrant as an id filter. Filtering costs
-        ~10 us per id of the view (listing, converting, matching), and
-        oversampling ~20 us per candidate (2 k * total / view size of
-        them): for k = 10 they break even near 5 * sqrt(total) ids."""
-        return max(_MAX_FILTER_IDS, int(6 * math.sqrt(total)))
+    def _max_filter_ids(self, total: int) -> int:
+        """The largest view sent to Qdrant as an id filter.
+
+        Filtering costs ~3 us per id of the view (listing from raw BSON,
+        converting, matching). Oversampling costs one search of the index
+        plus ~20 us per candidate checked in MongoDB (~2 k * total / view
+        size of them). With an HNSW index the search is cheap and the two
+        break even near 5 * sqrt(total) ids; while the collection is
+        searched exhaustively (embedded, not optimized: ~75 ns per point at
+        512-d) the search dominates, and listing wins up to ~total / 25."""
+        bound = max(_MAX_FILTER_IDS, int(6 * math.sqrt(total)))
+        if self.store.searches_exhaustively(self.collection_name):
+            bound = max(bound, total // _EXHAUSTIVE_FILTER_DIVISOR)
+        return bound
 
     def _lazy_view(self, k, score_threshold):
         """The current view when :meth:`_search` may test candidates against
@@ -974,27 +1014,29 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             return None
         if self._curr_sample_ids is not None or self._curr_view_allow_missing is not True or self._curr_view_warn_missing:
             return None
-        if not self.has_view:
+        if not self.has_view or not self._is_plain_sample_view(self._curr_view):
             return None
-        view = self._curr_view
+        return self._curr_view
+
+    def _is_plain_sample_view(self, samples) -> bool:
+        """Samples of this index's dataset, one document each: its ids can
+        be listed and tested with the view's own MongoDB pipeline."""
         try:
-            root = view._root_dataset
-            if (
-                view._is_generated
-                or view._is_dynamic_groups
+            root = samples._root_dataset
+            return not (
+                samples._is_generated
+                or samples._is_dynamic_groups
                 or root is not self._samples._root_dataset
                 or root.media_type == "group"
-            ):
-                return None
+            )
         except AttributeError:
-            return None
-        return view
+            return False
 
     def _search_in_view(self, view, run, num_queries: int, want: int, total: int):
         """Top-``want`` hits per query within ``view``, without listing the
         view's ids.
 
-        A view of at most :meth:`_max_filter_ids` samples (counted up to that
+        A view of at most :meth:`_max_filter_ids` samples (listed up to that
         bound) goes to Qdrant as an id filter. For a larger view Qdrant
         returns more neighbours than ``want``, enough if the view were just
         over the bound (4x more if that is not enough), and MongoDB tells
@@ -1004,11 +1046,11 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         index), for the caller to list the view's ids instead.
         """
         bound = self._max_filter_ids(total)
-        size = view.limit(bound + 1).count()
-        if size == 0:
+        listed = [i for batch in idmap.list_view_ids(view, limit=bound + 1) for i in batch]
+        if not listed:
             return [[] for _ in range(num_queries)]
-        if size <= bound:
-            return run(min(want, size), self._restriction(view.values("id")))
+        if len(listed) <= bound:
+            return run(min(want, len(listed)), self._restriction(listed))
 
         in_view: Dict[str, bool] = {}
         limit = min(total, math.ceil(want * total / bound * 2) + 16)
@@ -1139,17 +1181,33 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return super().get_model()
 
     def _build_from_caller(self, args: Optional[Dict[str, Any]]) -> None:
-        """Streams a model build when called from compute_similarity()."""
+        """Builds the index here when called from compute_similarity(), for
+        the cases we do better than FiftyOne's generic path: a model build
+        (streamed) and precomputed embeddings of plain samples (ids listed
+        from raw BSON). FiftyOne then skips its own pass (``is_external``)."""
         self._building = True
         if not args:
             return
-        model = args.get("_model")
-        if model is None or args.get("embeddings") is not None or args.get("embeddings_exist"):
+        build = self._caller_build(args)
+        if build is None:
             return
-        self._model = model
         try:
-            self._stream_build(
-                samples=args["samples"],
+            build()
+        except BaseException:
+            self._forget_failed_build()
+            raise
+        self._built_by_stream = self.total_index_size > 0
+
+    def _caller_build(self, args: Dict[str, Any]) -> Optional[Callable[[], None]]:
+        samples, embeddings = args.get("samples"), args.get("embeddings")
+        if args.get("embeddings_exist") or args.get("roi_field") is not None:
+            return None
+        model = args.get("_model")
+        if model is not None and embeddings is None:
+            self._model = model
+            return functools.partial(
+                self._stream_build,
+                samples=samples,
                 model=model,
                 patches_field=args.get("patches_field"),
                 batch_size=args.get("batch_size"),
@@ -1157,10 +1215,31 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 skip_failures=args.get("skip_failures", True),
                 progress=args.get("progress"),
             )
-        except BaseException:
-            self._forget_failed_build()
-            raise
-        self._built_by_stream = self.total_index_size > 0
+        if (
+            isinstance(embeddings, (np.ndarray, list, tuple))
+            and args.get("patches_field") is None
+            and self._is_plain_sample_view(samples)
+        ):
+            return functools.partial(self._add_precomputed, samples, embeddings, args.get("progress"))
+        return None
+
+    def _add_precomputed(self, samples, embeddings, progress) -> None:
+        """``compute_similarity(embeddings=X)``: one row per sample of
+        ``samples``, in ``samples.values("id")`` order."""
+        embeddings = _as_2d_numeric(embeddings)  # values are checked with their ids below
+        sample_ids = np.array([i for batch in idmap.list_view_ids(samples) for i in batch], dtype="<U24")
+        if len(sample_ids) != len(embeddings):  # FiftyOne's own check and message
+            raise ValueError(
+                "The number of embeddings (%d) in these results no longer matches the "
+                "number of samples (%d) in the collection. You must regenerate the "
+                "results" % (len(embeddings), len(sample_ids))
+            )
+        # ids straight from MongoDB's _id: valid and unique by construction
+        self._add_to_index(
+            embeddings, sample_ids, None, overwrite=True, allow_existing=True, warn_existing=False,
+            batch_size=_PAGE_SIZE, progress=progress, checked_ids=True,
+        )
+        self.reload()
 
     def _stream_build(self, samples, model, patches_field, batch_size, num_workers, skip_failures, progress):
         """Embeds and upserts chunk by chunk; ids already in the collection

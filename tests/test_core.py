@@ -101,6 +101,97 @@ def test_queries_are_restricted_to_the_view(dataset_factory, store_path, view_si
     assert len(everything) == view_size
 
 
+def test_raw_id_listing_matches_values_order(dataset_factory):
+    from fiftyone import ViewField as F
+    from fiftyone_qdrant import ids as idmap
+
+    dataset = dataset_factory(250)
+    dataset.set_values("rank", list(np.random.default_rng(3).permutation(250)))
+    views = [
+        dataset,
+        dataset.sort_by("rank"),
+        dataset.match(F("rank") < 100).sort_by("rank", reverse=True),
+        dataset.take(40, seed=2),
+        dataset.skip(30).limit(70),
+    ]
+    for view in views:
+        listed = [i for batch in idmap.list_view_ids(view, batch_size=32) for i in batch]
+        assert listed == view.values("id")
+        limited = [i for batch in idmap.list_view_ids(view, limit=17) for i in batch]
+        assert limited == view.values("id")[:17]
+
+    # documents of another shape are decoded normally (the slow path)
+    coll = dataset._sample_collection
+    as_text = [{"$project": {"_id": {"$toString": "$_id"}}}]
+    assert [i for b in idmap.iter_object_id_batches(coll, as_text) for i in b] == dataset.values("id")
+
+
+def test_precomputed_build_of_a_view_uses_its_order(dataset_factory, store_path):
+    """compute_similarity(view, embeddings=X): row i belongs to the i-th
+    sample of the view, as in FiftyOne's other backends."""
+    dataset = dataset_factory(300)
+    dataset.set_values("rank", list(np.random.default_rng(4).permutation(300)))
+    view = dataset.sort_by("rank").limit(200)
+    view_ids = view.values("id")
+    X = random_embeddings(200, 12, seed=6)
+    index = build(view, X, store_path)
+    assert not index.is_external  # built by our pass (ids from raw BSON), FiftyOne's skipped
+    assert index.total_index_size == 200
+    emb, sids, _ = index.get_embeddings(view_ids)
+    assert list(sids) == view_ids
+    np.testing.assert_allclose(emb, X, rtol=1e-5, atol=1e-6)
+    expected, _ = exact_top_k(view_ids, X, X[5], "cosine", k=10)
+    assert dataset.sort_by_similarity(view_ids[5], k=10, brain_key="qd").values("id") == expected
+
+
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda X: X[:-1], "number of embeddings \\(299\\).*number of samples \\(300\\)"),
+        (lambda X: np.where(np.arange(300)[:, None] == 250, np.nan, X), "Embedding 250 \\(id [0-9a-f]{24}\\) contains NaN"),
+        (lambda X: np.where(np.arange(300)[:, None] == 7, 0.0, X), "Embedding 7 \\(id [0-9a-f]{24}\\) is all zeros"),
+        (lambda X: X[:, :, None], "2-d array"),
+    ],
+)
+def test_bad_precomputed_build_writes_nothing(dataset_factory, store_path, make_bad, message):
+    dataset = dataset_factory(300)
+    X = random_embeddings(300, 8, seed=9)
+    with pytest.raises(ValueError, match=message):
+        build(dataset, make_bad(X), store_path)
+    assert dataset.list_brain_runs() == []
+    assert foq.list_indexes(path=store_path) == []
+
+
+def test_view_filter_bound_follows_the_search_kind(dataset_factory, store_path):
+    """While every query scans the collection, views up to total / 25 are
+    sent as id filters; once HNSW covers it, only up to ~6 sqrt(total).
+    Answers are exact either way."""
+    from fiftyone import ViewField as F
+
+    n = 30000
+    dataset = dataset_factory(n)
+    dataset.set_values("bucket", [i % 100 for i in range(n)])
+    ids = dataset.values("id")
+    X = random_embeddings(n, 8, seed=12)
+    index = build(dataset, X, store_path, optimizers_config={"indexing_threshold": 1}, hnsw_config={"m": 16})
+    view = dataset.match(F("bucket") < 3)  # 900 samples
+    keep = np.array([i % 100 < 3 for i in range(n)])
+    expected, _ = exact_top_k([i for i, k in zip(ids, keep) if k], X[keep], X[1], "cosine", k=10)
+
+    assert index.store.searches_exhaustively(index.collection_name)
+    assert index._max_filter_ids(n) == 1200
+    assert view.sort_by_similarity(ids[1], k=10, brain_key="qd").values("id") == expected
+
+    index.optimize()
+    assert not index.store.searches_exhaustively(index.collection_name)
+    assert index._max_filter_ids(n) == int(6 * np.sqrt(n))
+    wide = dataset.match(F("bucket") < 50)  # 15000 samples: oversampled
+    keep = np.array([i % 100 < 50 for i in range(n)])
+    exact, _ = exact_top_k([i for i, k in zip(ids, keep) if k], X[keep], X[1], "cosine", k=10)
+    got = wide.sort_by_similarity(ids[1], k=10, brain_key="qd").values("id")
+    assert len(set(got) & set(exact)) >= 9  # HNSW is approximate
+
+
 def test_use_view_sizes(dataset_factory, store_path):
     dataset = dataset_factory(100)
     ids = dataset.values("id")
