@@ -377,13 +377,13 @@ class EmbeddedStore(VectorStore):
     def collection_exists(self, name: str) -> bool:
         return os.path.isfile(os.path.join(self._dir(name), "collection.json"))
 
-    def create_collection(self, name: str, spec: CollectionSpec, metadata: Dict[str, Any]) -> None:
+    def create_collection(self, name, spec, metadata, keyword_fields=()) -> None:
         self.create_collection_from_config(
             name,
             edge_config=_edge_config(spec),
             vectors={spec.vector_name or "": {"size": spec.dimension, "metric": spec.metric}},
             metadata=metadata,
-            keyword_fields=(),
+            keyword_fields=keyword_fields,
         )
 
     def create_collection_from_config(

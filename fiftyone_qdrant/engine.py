@@ -105,9 +105,10 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def create_collection(
-        self, name: str, spec: CollectionSpec, metadata: Dict[str, Any]
+        self, name: str, spec: CollectionSpec, metadata: Dict[str, Any], keyword_fields: Sequence[str] = ()
     ) -> None:
-        """Creates a collection; raises if it already exists."""
+        """Creates a collection, with keyword indexes on payload
+        ``keyword_fields``; raises if it already exists."""
 
     @abc.abstractmethod
     def get_spec(self, name: str, vector_name: Optional[str] = None) -> CollectionSpec:

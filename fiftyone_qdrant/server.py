@@ -106,7 +106,7 @@ class ServerStore(VectorStore):
     def collection_exists(self, name: str) -> bool:
         return bool(self._call(self.client.collection_exists, name))
 
-    def create_collection(self, name: str, spec: CollectionSpec, metadata: Dict[str, Any]) -> None:
+    def create_collection(self, name, spec, metadata, keyword_fields=()) -> None:
         params = qm.VectorParams(size=spec.dimension, distance=DISTANCES[spec.metric])
         vectors = {spec.vector_name: params} if spec.vector_name else params
         self._call(
@@ -121,6 +121,8 @@ class ServerStore(VectorStore):
             wal_config=qm.WalConfigDiff(**spec.wal_config) if spec.wal_config else None,
             metadata=metadata,
         )
+        for field in keyword_fields:
+            self.create_keyword_index(name, field)
 
     def _info(self, name: str):
         if not self.collection_exists(name):

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 _CREDENTIALS = ("url", "api_key", "grpc_port", "prefer_grpc", "https")
 _NORM_KEY = "embedding_norm"
+_UNIT_NORM_TOL = 1e-6
 _PAGE_SIZE = 1000
 
 # A view this small is sent to Qdrant as an id filter; larger views are
@@ -53,6 +54,8 @@ _PAGE_SIZE = 1000
 _MAX_FILTER_IDS = 1000
 # ... or total / this, while every query scans the whole collection anyway
 _EXHAUSTIVE_FILTER_DIVISOR = 25
+# ... and never more than MongoDB lists in one document (ids.collect_view_ids)
+_MAX_LISTED_IDS = 200_000
 
 
 def _model_fields(model_cls) -> Tuple[str, ...]:
@@ -106,10 +109,14 @@ def _as_2d_numeric(embeddings) -> np.ndarray:
 
 def _payloads(sample_ids: np.ndarray, label_ids: Optional[np.ndarray], norms: Optional[np.ndarray]) -> List[dict]:
     """Point payloads: the FiftyOne ids, and the original norm of vectors
-    that cosine collections store normalized (to give them back as added)."""
+    that cosine collections store normalized (to give them back as added;
+    unit vectors need none, and most embedding models output them)."""
     sids = sample_ids.tolist()
     if norms is not None:
-        payloads = [{"sample_id": s, _NORM_KEY: n} for s, n in zip(sids, norms.tolist())]
+        payloads = [
+            {"sample_id": s, _NORM_KEY: n} if abs(n - 1.0) > _UNIT_NORM_TOL else {"sample_id": s}
+            for s, n in zip(sids, norms.tolist())
+        ]
     else:
         payloads = [{"sample_id": s} for s in sids]
     if label_ids is not None:
@@ -558,9 +565,9 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         checked_ids=False,
     ):
         if checked_ids:
-            embeddings = self._validate_embeddings(embeddings, sample_ids)
+            embeddings, norms = self._validate_embeddings(embeddings, sample_ids)
         else:
-            embeddings, sample_ids, label_ids = self._validate_additions(embeddings, sample_ids, label_ids)
+            embeddings, norms, sample_ids, label_ids = self._validate_additions(embeddings, sample_ids, label_ids)
         if len(sample_ids) == 0:
             return
         keys = label_ids if label_ids is not None else sample_ids
@@ -595,7 +602,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                     )
                 if not overwrite:
                     keep = np.array([k not in existing for k in keys])
-                    embeddings, sample_ids = embeddings[keep], sample_ids[keep]
+                    embeddings, norms, sample_ids = embeddings[keep], norms[keep], sample_ids[keep]
                     label_ids = label_ids[keep] if label_ids is not None else None
                     keys = label_ids if label_ids is not None else sample_ids
                     if len(keys) == 0:
@@ -613,7 +620,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 payloads = _payloads(
                     sample_ids[start:stop],
                     label_ids[start:stop] if label_ids is not None else None,
-                    np.linalg.norm(batch, axis=1) if normalize else None,
+                    norms[start:stop] if normalize else None,
                 )
                 self.store.upsert(
                     self.collection_name, point_ids[start:stop], batch, payloads, vector_name=self.config.vector_name
@@ -693,13 +700,15 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 "Id %s appears %d times in this batch; each id may be added once"
                 % (unique[counts > 1][0], counts[counts > 1][0])
             )
-        return self._validate_embeddings(embeddings, keys), sample_ids, label_ids
+        return self._validate_embeddings(embeddings, keys) + (sample_ids, label_ids)
 
-    def _validate_embeddings(self, embeddings, keys: Optional[np.ndarray] = None) -> np.ndarray:
-        """Checks values (``keys``, one per row, only name bad rows)."""
+    def _validate_embeddings(self, embeddings, keys: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Checks values (``keys``, one per row, only name bad rows);
+        returns them with their float32 norms."""
         embeddings = _as_2d_numeric(embeddings)
+        norms = np.empty(len(embeddings), dtype=np.float32)
         if len(embeddings) == 0:
-            return embeddings.astype(np.float32)
+            return embeddings.astype(np.float32), norms
 
         def name(row: int) -> str:
             return "" if keys is None else " (id %s)" % keys[row]
@@ -711,28 +720,27 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         cosine = self.config.metric == "cosine"
         for start, chunk in _float32_chunks(embeddings):
             with np.errstate(over="ignore", invalid="ignore"):
-                norms = np.linalg.norm(chunk, axis=1)
-                finite = np.isfinite(norms) & np.isfinite(chunk).all(axis=1)
+                chunk_norms = np.linalg.norm(chunk, axis=1)
+                norms[start : start + len(chunk)] = chunk_norms
+                finite = np.isfinite(chunk_norms) & np.isfinite(chunk).all(axis=1)
             if not finite.all():
                 bad = start + int(np.flatnonzero(~finite)[0])
                 raise InvalidInputError(
                     "Embedding %d%s contains NaN or inf (or values so large that its norm "
                     "overflows float32); fix or drop it before indexing" % (bad, name(bad))
                 )
-            if cosine and (norms == 0).any():
-                bad = start + int(np.flatnonzero(norms == 0)[0])
+            if cosine and (chunk_norms == 0).any():
+                bad = start + int(np.flatnonzero(chunk_norms == 0)[0])
                 raise InvalidInputError(
                     "Embedding %d%s is all zeros, which has no cosine similarity; drop it" % (bad, name(bad))
                 )
-        return embeddings
+        return embeddings, norms
 
     def _create_collection(self, dimension: int) -> None:
         spec = self.config.collection_spec(dimension)
         record = records.make_record(self, dimension)
-        self.store.create_collection(self.collection_name, spec, records.add({}, record))
-        self.store.create_keyword_index(self.collection_name, "sample_id")
-        if self.config.patches_field is not None:
-            self.store.create_keyword_index(self.collection_name, "label_id")
+        fields = ("sample_id", "label_id") if self.config.patches_field is not None else ("sample_id",)
+        self.store.create_collection(self.collection_name, spec, records.add({}, record), keyword_fields=fields)
         self._spec = spec
         self._payload_ids = False
 
@@ -1000,7 +1008,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         bound = max(_MAX_FILTER_IDS, int(6 * math.sqrt(total)))
         if self.store.searches_exhaustively(self.collection_name):
             bound = max(bound, total // _EXHAUSTIVE_FILTER_DIVISOR)
-        return bound
+        return min(bound, _MAX_LISTED_IDS)
 
     def _lazy_view(self, k, score_threshold):
         """The current view when :meth:`_search` may test candidates against
@@ -1046,7 +1054,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         index), for the caller to list the view's ids instead.
         """
         bound = self._max_filter_ids(total)
-        listed = [i for batch in idmap.list_view_ids(view, limit=bound + 1) for i in batch]
+        listed = idmap.collect_view_ids(view, limit=bound + 1)
         if not listed:
             return [[] for _ in range(num_queries)]
         if len(listed) <= bound:

@@ -119,6 +119,9 @@ def test_raw_id_listing_matches_values_order(dataset_factory):
         assert listed == view.values("id")
         limited = [i for batch in idmap.list_view_ids(view, limit=17) for i in batch]
         assert limited == view.values("id")[:17]
+        assert sorted(idmap.collect_view_ids(view, limit=17)) == sorted(view.values("id")[:17])
+        assert sorted(idmap.collect_view_ids(view, limit=10**5)) == sorted(view.values("id"))
+    assert idmap.collect_view_ids(dataset.limit(0), limit=10) == []
 
     # documents of another shape are decoded normally (the slow path)
     coll = dataset._sample_collection
@@ -142,6 +145,21 @@ def test_precomputed_build_of_a_view_uses_its_order(dataset_factory, store_path)
     np.testing.assert_allclose(emb, X, rtol=1e-5, atol=1e-6)
     expected, _ = exact_top_k(view_ids, X, X[5], "cosine", k=10)
     assert dataset.sort_by_similarity(view_ids[5], k=10, brain_key="qd").values("id") == expected
+
+
+def test_get_embeddings_gives_back_unit_and_other_vectors(dataset_factory, store_path):
+    """Cosine collections store vectors normalized; the original norm is
+    kept in the payload unless it is 1."""
+    dataset = dataset_factory(40)
+    ids = dataset.values("id")
+    X = random_embeddings(40, 16, seed=13)
+    X[:20] /= np.linalg.norm(X[:20], axis=1, keepdims=True)
+    index = build(dataset, X, store_path)
+    emb, sids, _ = index.get_embeddings(ids)
+    assert list(sids) == ids
+    np.testing.assert_allclose(emb, X, rtol=1e-5, atol=1e-6)
+    payloads = {r.payload["sample_id"]: r.payload for r in index._lookup(ids, with_vectors=False).values()}
+    assert [("embedding_norm" in payloads[i]) for i in ids] == [False] * 20 + [True] * 20
 
 
 @pytest.mark.parametrize(

@@ -314,7 +314,7 @@ def test_repeated_crashes_including_during_recovery(crash_data, store_path):
         if name and store.collection_exists(name):  # else killed before it was created
             records = [r for page in store.scroll(name, with_vectors=True) for r in page]
             sids = [r.payload["sample_id"] for r in records]
-            emb = np.array([r.vector * r.payload["embedding_norm"] for r in records]).reshape(len(records), CRASH_DIM)
+            emb = np.array([r.vector * r.payload.get("embedding_norm", 1.0) for r in records]).reshape(len(records), CRASH_DIM)
             assert len(set(sids)) == len(sids) == store.count(name), "seed=%d" % seed
             np.testing.assert_allclose(emb, X[[position[i] for i in sids]], rtol=1e-4, atol=1e-4, err_msg="seed=%d" % seed)
         close_all()
