@@ -118,7 +118,7 @@ class _SharedShard:
         # reset on every (re)load and write: counting costs as much as an
         # exact query
         self._count: Optional[int] = None
-        self._indexed_share: Optional[float] = None
+        self._info: Optional[qe.ShardInfo] = None
 
     def _read_version(self) -> str:
         try:
@@ -272,7 +272,7 @@ class _SharedShard:
 
     def _forget_stats(self) -> None:
         self._count = None
-        self._indexed_share = None
+        self._info = None
 
     def count(self) -> int:
         with self.reading() as shard:
@@ -280,13 +280,12 @@ class _SharedShard:
                 self._count = shard.count(qe.CountRequest(exact=True))
             return self._count
 
-    def indexed_share(self) -> float:
-        """The share of points an HNSW index covers (0 until optimized)."""
+    def info(self) -> qe.ShardInfo:
+        """Points, HNSW-indexed vectors and payload indexes (cached)."""
         with self.reading() as shard:
-            if self._indexed_share is None:
-                info = shard.info()
-                self._indexed_share = info.indexed_vectors_count / max(1, info.points_count)
-            return self._indexed_share
+            if self._info is None:
+                self._info = shard.info()
+            return self._info
 
     def __del__(self):
         if self._shard is not None:
@@ -516,7 +515,11 @@ class EmbeddedStore(VectorStore):
         return self._shared(name)._read_version()
 
     def searches_exhaustively(self, name) -> bool:
-        return self._shared(name).indexed_share() < 0.5
+        info = self._shared(name).info()
+        return info.indexed_vectors_count < info.points_count / 2
+
+    def has_keyword_index(self, name, field) -> bool:
+        return field in self._shared(name).info().payload_schema
 
     def scroll(self, name, with_vectors=False, page_size=1000, restriction=None, vector_name=None):
         query_filter = _edge_filter(restriction)

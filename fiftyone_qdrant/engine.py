@@ -155,6 +155,11 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def count(self, name: str) -> int: ...
 
+    def has_keyword_index(self, name: str, field: str) -> bool:
+        """Whether payload ``field`` is indexed: filtering on it is then
+        cheaper than on point ids (no conversion, a faster match)."""
+        return False
+
     def searches_exhaustively(self, name: str) -> bool:
         """Whether a query scores every point (no HNSW index yet). Servers
         index collections by themselves once they grow."""

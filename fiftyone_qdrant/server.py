@@ -51,6 +51,7 @@ class ServerStore(VectorStore):
         if error is not None:
             raise error  # outside the except block: nothing chained (see _call)
         self._api_key = api_key
+        self._keyword_fields: Dict[str, frozenset] = {}
 
     @classmethod
     def from_client(cls, client: QdrantClient, location: str = "Qdrant client") -> "ServerStore":
@@ -60,6 +61,7 @@ class ServerStore(VectorStore):
         store.client = client
         store.location = location
         store._api_key = None
+        store._keyword_fields = {}
         return store
 
     def _call(self, fn, *args, **kwargs):
@@ -164,9 +166,18 @@ class ServerStore(VectorStore):
         self._call(self.client.update_collection, collection_name=name, metadata=update)
 
     def delete_collection(self, name: str) -> None:
+        self._keyword_fields.pop(name, None)
         self._call(self.client.delete_collection, name)
 
+    def has_keyword_index(self, name: str, field: str) -> bool:
+        # cached: an index is rarely dropped, and filtering on the field
+        # stays correct without it (only slower)
+        if name not in self._keyword_fields:
+            self._keyword_fields[name] = frozenset(self._info(name).payload_schema or {})
+        return field in self._keyword_fields[name]
+
     def create_keyword_index(self, name: str, field: str) -> None:
+        self._keyword_fields.pop(name, None)
         self._call(
             self.client.create_payload_index,
             collection_name=name,

@@ -51,9 +51,9 @@ _PAGE_SIZE = 1000
 # A view this small is sent to Qdrant as an id filter; larger views are
 # answered by oversampling, so a query never ships more than this many ids
 # (or 6 * sqrt(index size), see _max_filter_ids())
-_MAX_FILTER_IDS = 1000
+_MAX_FILTER_IDS = 2000
 # ... or total / this, while every query scans the whole collection anyway
-_EXHAUSTIVE_FILTER_DIVISOR = 25
+_EXHAUSTIVE_FILTER_DIVISOR = 40
 # ... and never more than MongoDB lists in one document (ids.collect_view_ids)
 _MAX_LISTED_IDS = 200_000
 
@@ -530,8 +530,9 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return record.vector * norm if norm is not None else record.vector
 
     def _restriction(self, fiftyone_ids: Sequence[str]) -> IdRestriction:
-        if self._uses_payload_ids():
-            return IdRestriction(list(fiftyone_ids), field=self._id_field)
+        field = self._id_field
+        if self._uses_payload_ids() or self.store.has_keyword_index(self.collection_name, field):
+            return IdRestriction(list(fiftyone_ids), field=field)
         return IdRestriction(idmap.to_point_ids(fiftyone_ids))
 
     # -- writes -------------------------------------------------------------
@@ -998,13 +999,14 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _max_filter_ids(self, total: int) -> int:
         """The largest view sent to Qdrant as an id filter.
 
-        Filtering costs ~3 us per id of the view (listing from raw BSON,
-        converting, matching). Oversampling costs one search of the index
-        plus ~20 us per candidate checked in MongoDB (~2 k * total / view
-        size of them). With an HNSW index the search is cheap and the two
-        break even near 5 * sqrt(total) ids; while the collection is
-        searched exhaustively (embedded, not optimized: ~75 ns per point at
-        512-d) the search dominates, and listing wins up to ~total / 25."""
+        Filtering costs ~0.5 ms plus ~4 us per id of the view (listed in
+        one MongoDB document, converted, matched). Oversampling costs one
+        search of the index plus a MongoDB round trip or two (~3 ms each)
+        to check candidates (~2 k * total / view size of them). With an
+        HNSW index the search is cheap and the two break even near
+        max(2000, 6 * sqrt(total)) ids; while the collection is searched
+        exhaustively (embedded, not optimized: ~75 ns per point at 512-d)
+        the search dominates, and listing wins up to ~total / 40."""
         bound = max(_MAX_FILTER_IDS, int(6 * math.sqrt(total)))
         if self.store.searches_exhaustively(self.collection_name):
             bound = max(bound, total // _EXHAUSTIVE_FILTER_DIVISOR)
@@ -1072,7 +1074,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 new = [key for key in new if key not in in_view]
                 if new:
                     valid = [key for key in new if idmap.is_object_id(key)]
-                    members = set(view.select(valid).values("id")) if valid else set()
+                    members = set(idmap.collect_view_ids(view.select(valid), limit=len(valid))) if valid else set()
                     in_view.update((key, key in members) for key in new)
                 checked = upto
                 results = [[h for h in hits[:checked] if in_view[self._hit_key(h)]] for hits in all_hits]

@@ -81,10 +81,11 @@ def test_reverse_on_euclidean_is_a_clear_error(dataset_factory, store_path):
         dataset.sort_by_similarity(dataset.first().id, k=3, reverse=True, brain_key="qd")
 
 
-@pytest.mark.parametrize("view_size", [30, 1500])
+@pytest.mark.parametrize("view_size", [30, 3000])
 def test_queries_are_restricted_to_the_view(dataset_factory, store_path, view_size):
-    # 30 ids go to Qdrant as a filter; 1500 are answered by oversampling
-    n = 3000
+    # 30 ids go to Qdrant as a filter; 3000 (over the bound of 2000) are
+    # answered by oversampling
+    n = 6000
     dataset = dataset_factory(n)
     ids = dataset.values("id")
     X = random_embeddings(n, 16, seed=5)
@@ -181,33 +182,34 @@ def test_bad_precomputed_build_writes_nothing(dataset_factory, store_path, make_
 
 
 def test_view_filter_bound_follows_the_search_kind(dataset_factory, store_path):
-    """While every query scans the collection, views up to total / 25 are
-    sent as id filters; once HNSW covers it, only up to ~6 sqrt(total).
-    Answers are exact either way."""
+    """While every query scans the collection, larger views are
+    sent as id filters (total / 40); once HNSW covers it, only up to ~6 sqrt(total).
+    Answers are exact either way (HNSW: nearly)."""
     from fiftyone import ViewField as F
 
-    n = 30000
+    n = 10000
     dataset = dataset_factory(n)
     dataset.set_values("bucket", [i % 100 for i in range(n)])
     ids = dataset.values("id")
     X = random_embeddings(n, 8, seed=12)
     index = build(dataset, X, store_path, optimizers_config={"indexing_threshold": 1}, hnsw_config={"m": 16})
-    view = dataset.match(F("bucket") < 3)  # 900 samples
-    keep = np.array([i % 100 < 3 for i in range(n)])
-    expected, _ = exact_top_k([i for i, k in zip(ids, keep) if k], X[keep], X[1], "cosine", k=10)
+
+    def expected(view_buckets):
+        keep = np.array([i % 100 < view_buckets for i in range(n)])
+        return exact_top_k([i for i, k in zip(ids, keep) if k], X[keep], X[1], "cosine", k=10)[0]
 
     assert index.store.searches_exhaustively(index.collection_name)
-    assert index._max_filter_ids(n) == 1200
-    assert view.sort_by_similarity(ids[1], k=10, brain_key="qd").values("id") == expected
+    assert index._max_filter_ids(10**6) == 25000
+    for buckets in (3, 50):  # 300 samples: a filter; 5000: oversampled
+        got = dataset.match(F("bucket") < buckets).sort_by_similarity(ids[1], k=10, brain_key="qd")
+        assert got.values("id") == expected(buckets)
 
     index.optimize()
     assert not index.store.searches_exhaustively(index.collection_name)
-    assert index._max_filter_ids(n) == int(6 * np.sqrt(n))
-    wide = dataset.match(F("bucket") < 50)  # 15000 samples: oversampled
-    keep = np.array([i % 100 < 50 for i in range(n)])
-    exact, _ = exact_top_k([i for i, k in zip(ids, keep) if k], X[keep], X[1], "cosine", k=10)
-    got = wide.sort_by_similarity(ids[1], k=10, brain_key="qd").values("id")
-    assert len(set(got) & set(exact)) >= 9  # HNSW is approximate
+    assert index._max_filter_ids(10**6) == 6000
+    for buckets in (3, 50):
+        got = dataset.match(F("bucket") < buckets).sort_by_similarity(ids[1], k=10, brain_key="qd")
+        assert len(set(got.values("id")) & set(expected(buckets))) >= 9
 
 
 def test_use_view_sizes(dataset_factory, store_path):
