@@ -383,13 +383,26 @@ def bench_size(n, args, sampler):
     sample_ids = ids.tolist()
     reps = args.build_repeats if args.build_repeats else (3 if n <= 100000 else 1)
     build_s = {"qdrant": [], "raw": []}
+    # vectors of norm 2 (not unit): the backend then stores each norm in the
+    # payload; measured up to 100k (it needs a second copy of the vectors)
+    X_scaled = 2 * X if n <= 100000 else None
+    if X_scaled is not None:
+        build_s["qdrant_nonunit"] = []
     results = raw = None
     for r in range(reps):
         last = r == reps - 1
-        for which in (("qdrant", "raw") if r % 2 == 0 else ("raw", "qdrant")):
+        order = list(build_s)
+        for which in order[r % len(order) :] + order[: r % len(order)]:
             gc.collect()
-            phase = "build_%s%s" % ("qdrant" if which == "qdrant" else "raw_edge", "" if last else "_rep%d" % r)
-            if which == "qdrant":
+            phase = "build_%s%s" % (which if which != "raw" else "raw_edge", "" if last else "_rep%d" % r)
+            if which == "qdrant_nonunit":
+                with sampler.phase(phase):
+                    scaled = fob.compute_similarity(
+                        dataset, embeddings=X_scaled, backend="qdrant", path=store_path, brain_key="qs", progress=False
+                    )
+                scaled.cleanup()
+                dataset.delete_brain_run("qs")
+            elif which == "qdrant":
                 with sampler.phase(phase):
                     results = fob.compute_similarity(
                         dataset, embeddings=X, backend="qdrant", path=store_path, brain_key="qd", progress=False
@@ -413,6 +426,10 @@ def bench_size(n, args, sampler):
         % (out["build_qdrant_vps"], out["build_raw_vps"], reps, build_s),
         flush=True,
     )
+    if X_scaled is not None:
+        out["build_qdrant_nonunit_vps"] = n / min(build_s["qdrant_nonunit"])
+        print("qdrant build, vectors of norm 2: %.0f vec/s" % out["build_qdrant_nonunit_vps"], flush=True)
+        del X_scaled
 
     # the package alone: add_to_index() into an empty index (what
     # compute_similarity() does after FiftyOne has listed the dataset's ids)
@@ -626,7 +643,7 @@ def fmt(v, spec="%.0f"):
 def print_table(runs, side):
     rows = []
     hdr = (
-        "N", "build qdrant", "build raw", "build sklearn", "b/raw",
+        "N", "build qdrant", "build raw", "build sklearn", "b/raw", "b/raw norm 2",
         "q all api", "q all backend", "q all raw", "q all sk",
         "q 10% api", "q 10% sk", "q 1% api", "q 1% backend", "q 1% raw", "q 1% sk",
         "getemb 10k", "getemb raw", "recall exact", "recall hnsw", "peak RSS",
@@ -638,6 +655,7 @@ def print_table(runs, side):
             "%d" % r["n"],
             fmt(r["build_qdrant_vps"]), fmt(r["build_raw_vps"]), fmt(r.get("build_sklearn_vps")),
             "%.2f" % r["ratio_build_vs_raw"],
+            fmt(r["build_qdrant_nonunit_vps"] / r["build_raw_vps"] if "build_qdrant_nonunit_vps" in r else None, "%.2f"),
             fmt(g("all", "qdrant_api"), "%.2f"), fmt(g("all", "qdrant_backend"), "%.2f"),
             fmt(g("all", "raw_edge"), "%.2f"), fmt(g("all", "sklearn_api"), "%.2f"),
             fmt(g("10pct", "qdrant_api"), "%.2f"), fmt(g("10pct", "sklearn_api"), "%.2f"),

@@ -109,8 +109,8 @@ def _as_2d_numeric(embeddings) -> np.ndarray:
 
 def _payloads(sample_ids: np.ndarray, label_ids: Optional[np.ndarray], norms: Optional[np.ndarray]) -> List[dict]:
     """Point payloads: the FiftyOne ids, and the original norm of vectors
-    that cosine collections store normalized (to give them back as added;
-    unit vectors need none, and most embedding models output them)."""
+    that cosine collections store normalized, to give them back as added
+    (a unit vector needs none: what Qdrant stores is already the vector)."""
     sids = sample_ids.tolist()
     if norms is not None:
         payloads = [
