@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ from .engine import (
 )
 from .errors import CollectionNotFoundError, ConfigError, QdrantBackendError
 
+logger = logging.getLogger(__name__)
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 
 DISTANCES = {
@@ -56,6 +59,8 @@ DISTANCES = {
 
 _HNSW_KEYS = ("m", "ef_construct", "full_scan_threshold", "max_indexing_threads", "on_disk", "payload_m")
 _HNSW_DEFAULTS = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000}
+# Cluster and WAL settings, which have no meaning for one local shard
+_SERVER_ONLY_KEYS = ("replication_factor", "shard_number", "write_consistency_factor", "wal_config")
 _OPTIMIZER_KEYS = ("deleted_threshold", "vacuum_min_vector_number", "default_segment_number", "max_segment_size", "indexing_threshold")
 
 
@@ -377,6 +382,13 @@ class EmbeddedStore(VectorStore):
         return os.path.isfile(os.path.join(self._dir(name), "collection.json"))
 
     def create_collection(self, name, spec, metadata, keyword_fields=()) -> None:
+        ignored = [key for key in _SERVER_ONLY_KEYS if getattr(spec, key) is not None]
+        if ignored:
+            logger.warning(
+                "%s only apply to a Qdrant server: the embedded store (one shard on local "
+                "disk, no WAL, see the README) ignores them for collection '%s'",
+                ", ".join("`%s`" % key for key in ignored), name,
+            )
         self.create_collection_from_config(
             name,
             edge_config=_edge_config(spec),

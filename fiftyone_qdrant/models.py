@@ -47,7 +47,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
+import sys
 import urllib.error
 import urllib.request
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
@@ -259,6 +261,35 @@ def model_spec_of(model: ModelLike) -> Optional[ModelSpec]:
     if isinstance(model, ResolvedModel):
         return model.spec
     return getattr(model, SPEC_ATTRIBUTE, None)
+
+
+class _ReloadableModelWarningFilter(logging.Filter):
+    """Drops fiftyone-brain's warning that an index built from a model
+    *instance* "will not support prompt queries in the App or in future
+    Python sessions" when that is untrue: the instance was built here, so
+    the Qdrant backend stores its spec and any process reloads it. Kept for
+    every other model and backend."""
+
+    MESSAGE = "This index will not support prompt queries"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.MESSAGE):
+            return True
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "compute_similarity" and frame.f_globals.get("__name__") == "fiftyone.brain.similarity":
+                args = frame.f_locals
+                backend = args.get("backend")
+                if backend is None:
+                    import fiftyone.brain as fb
+
+                    backend = fb.brain_config.default_similarity_backend
+                return not (backend == "qdrant" and model_spec_of(args.get("_model")) is not None)
+            frame = frame.f_back
+        return True
+
+
+logging.getLogger("fiftyone.brain.similarity").addFilter(_ReloadableModelWarningFilter())
 
 
 def supports_prompts(model: ModelLike) -> bool:

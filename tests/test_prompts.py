@@ -120,3 +120,29 @@ def test_prompt_on_an_index_without_a_reloadable_model_is_a_clear_error(shapes, 
     )
     with pytest.raises(ValueError, match="does not support prompts"):
         shapes.sort_by_similarity("a red circle", k=3, brain_key="plain")
+
+
+def test_prompt_warning_only_for_models_no_process_can_reload(shapes, model, store_path):
+    """fiftyone-brain warns that an index built from a model instance cannot
+    answer prompts in other processes; for models built by
+    ``resolve_model`` that is false (their spec is stored), so it is dropped."""
+    import copy
+    import logging
+
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    log = logging.getLogger("fiftyone.brain.similarity")
+    log.addHandler(handler)
+    try:
+        reloadable = fob.compute_similarity(shapes, model=model, backend="qdrant", brain_key="spec", path=store_path)
+        assert reloadable.config.model_spec is not None
+        assert not [r for r in records if "will not support prompt" in r.getMessage()]
+
+        plain = copy.copy(model)  # the same network, as a bare FiftyOne model instance
+        del plain.__dict__[models.SPEC_ATTRIBUTE]
+        bare = fob.compute_similarity(shapes, model=plain, backend="qdrant", brain_key="bare", path=store_path)
+        assert bare.config.model_spec is None
+        assert [r for r in records if "will not support prompt" in r.getMessage()]
+    finally:
+        log.removeHandler(handler)
