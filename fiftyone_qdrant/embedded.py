@@ -502,6 +502,16 @@ class EmbeddedStore(VectorStore):
         with self._shared(name).reading() as shard:
             return shard
 
+    @contextlib.contextmanager
+    def snapshot(self, name: str) -> Iterator[None]:
+        if not self.collection_exists(name):
+            yield
+            return
+        # the shared lock (and our thread lock) held throughout: reads
+        # nested inside reuse the handle, which no writer can change
+        with self._shared(name).reading():
+            yield
+
     def batch(self, name: str):
         """Holds the write lock across many writes, consolidating once."""
         return self._shared(name).session()

@@ -198,6 +198,12 @@ class VectorStore(abc.ABC):
         write lock and consolidate once); a no-op for servers."""
         return contextlib.nullcontext()
 
+    def snapshot(self, name: str) -> ContextManager[None]:
+        """Reads inside see one state of the collection: no other process
+        writes in between (a read of many pages is then never a mix of two
+        states). Writing inside it deadlocks. Servers: no such guarantee."""
+        return contextlib.nullcontext()
+
     def optimize(self, name: str) -> None:
         """Builds indexes (HNSW); servers do this on their own."""
 

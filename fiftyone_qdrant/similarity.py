@@ -47,6 +47,7 @@ _CREDENTIALS = ("url", "api_key", "grpc_port", "prefer_grpc", "https")
 _NORM_KEY = "embedding_norm"
 _UNIT_NORM_TOL = 1e-6
 _PAGE_SIZE = 1000
+_SCROLL_PAGE_SIZE = 10000  # listing every id of an index
 
 # A view this small is sent to Qdrant as an id filter; larger views are
 # answered by oversampling, so a query never ships more than this many ids
@@ -467,12 +468,14 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             return self._ids_cache[1], self._ids_cache[2]
         sample_ids: List[str] = []
         label_ids: List[str] = []
-        for page in self.store.scroll(self.collection_name, page_size=10000, vector_name=self.config.vector_name):
-            for record in page:
-                sid, lid = self._fiftyone_ids(record)
-                sample_ids.append(sid)
-                if lid is not None:
-                    label_ids.append(lid)
+        with self.store.snapshot(self.collection_name):
+            revision = self.store.revision(self.collection_name)
+            for page in self.store.scroll(self.collection_name, page_size=_SCROLL_PAGE_SIZE, vector_name=self.config.vector_name):
+                for record in page:
+                    sid, lid = self._fiftyone_ids(record)
+                    sample_ids.append(sid)
+                    if lid is not None:
+                        label_ids.append(lid)
         result = (np.array(sample_ids, dtype="<U24"), np.array(label_ids, dtype="<U24") if self.config.patches_field else None)
         self._ids_cache = (revision,) + result
         return result
@@ -814,36 +817,38 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         patches = self.config.patches_field is not None
         if label_ids is not None and not patches:
             raise InvalidInputError("This index is not a patches index: pass sample_ids, not label_ids")
-        if not self.store.collection_exists(self.collection_name):
-            asked = label_ids if label_ids is not None else sample_ids
-            if asked is not None:  # nothing is indexed yet: every id is missing
-                keys = idmap.validate_ids(asked, "label" if label_ids is not None else "sample")
-                self._report_missing(keys, allow_missing, warn_missing)
-            records_ = []
-        elif label_ids is not None:
-            keys = idmap.validate_ids(label_ids, "label")
-            found = self._lookup(keys, with_vectors=True)
-            self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
-            records_ = [found[k] for k in keys if k in found]
-        elif sample_ids is not None:
-            keys = idmap.validate_ids(sample_ids, "sample")
-            if patches:
-                found = self._patches_of_samples(keys, with_vectors=True)
-                by_sample: Dict[str, List[PointRecord]] = {}
-                for record in found.values():
-                    by_sample.setdefault(record.payload.get("sample_id"), []).append(record)
-                self._report_missing([k for k in keys if k not in by_sample], allow_missing, warn_missing)
-                records_ = [r for k in keys for r in by_sample.get(k, [])]
-            else:
+        # one state of the collection, however many pages are read
+        with self.store.snapshot(self.collection_name):
+            if not self.store.collection_exists(self.collection_name):
+                asked = label_ids if label_ids is not None else sample_ids
+                if asked is not None:  # nothing is indexed yet: every id is missing
+                    keys = idmap.validate_ids(asked, "label" if label_ids is not None else "sample")
+                    self._report_missing(keys, allow_missing, warn_missing)
+                records_ = []
+            elif label_ids is not None:
+                keys = idmap.validate_ids(label_ids, "label")
                 found = self._lookup(keys, with_vectors=True)
                 self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
                 records_ = [found[k] for k in keys if k in found]
-        else:
-            records_ = [
-                r
-                for page in self.store.scroll(self.collection_name, with_vectors=True, vector_name=self.config.vector_name)
-                for r in page
-            ]
+            elif sample_ids is not None:
+                keys = idmap.validate_ids(sample_ids, "sample")
+                if patches:
+                    found = self._patches_of_samples(keys, with_vectors=True)
+                    by_sample: Dict[str, List[PointRecord]] = {}
+                    for record in found.values():
+                        by_sample.setdefault(record.payload.get("sample_id"), []).append(record)
+                    self._report_missing([k for k in keys if k not in by_sample], allow_missing, warn_missing)
+                    records_ = [r for k in keys for r in by_sample.get(k, [])]
+                else:
+                    found = self._lookup(keys, with_vectors=True)
+                    self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
+                    records_ = [found[k] for k in keys if k in found]
+            else:
+                records_ = [
+                    r
+                    for page in self.store.scroll(self.collection_name, with_vectors=True, vector_name=self.config.vector_name)
+                    for r in page
+                ]
 
         dim = self.spec.dimension if self.spec is not None else 0
         embeddings = np.array([self._vector(r) for r in records_], dtype=np.float32).reshape(len(records_), dim)
@@ -1132,7 +1137,8 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         keys = self._current_keys()
         if keys is None:
             keys = self.label_ids if self.config.patches_field is not None else self.sample_ids
-        found = self._lookup(list(keys), with_vectors=True)
+        with self.store.snapshot(self.collection_name):
+            found = self._lookup(list(keys), with_vectors=True)
         keys = np.array([k for k in keys if k in found])
         vectors = np.array([self._vector(found[k]) for k in keys], dtype=np.float32)
         return keys, vectors.reshape(len(keys), self._require_spec().dimension)

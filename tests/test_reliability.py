@@ -36,6 +36,7 @@ import fiftyone as fo
 import fiftyone.brain as fob
 
 import fiftyone_qdrant as foq
+from fiftyone_qdrant import similarity
 from fiftyone_qdrant.connection import ConnectionSettings, close_all
 
 from conftest import exact_distances, exact_top_k, make_dataset, random_embeddings
@@ -391,12 +392,16 @@ def _read_progress(path):
 
 
 @pytest.mark.parametrize("seconds", [pytest.param(5, id="5s"), pytest.param(20, id="20s", marks=pytest.mark.slow)])
-def test_queries_while_another_process_writes(dataset_factory, store_path, tmp_path, seconds):
+def test_queries_while_another_process_writes(dataset_factory, store_path, tmp_path, seconds, monkeypatch):
     """A writer process adds and removes blocks of 100 points for
     ``seconds`` while this process (like the App server) queries the same
     embedded index. Every answer must be exactly right for one of the
-    states the index went through while the answer was computed."""
+    states the index went through while the answer was computed, also
+    answers read in many pages (listing every id)."""
     from helpers_reliability import concurrency_blocks
+
+    monkeypatch.setattr(similarity, "_SCROLL_PAGE_SIZE", 64)  # listing every id: many pages
+    monkeypatch.setattr(similarity, "_PAGE_SIZE", 8)  # get_embeddings of 40 ids: 5 lookups
 
     size, num_blocks, window, stable_n, dim = 100, 16, 6, 100, 32
     dataset = dataset_factory(stable_n + num_blocks * size)
@@ -987,7 +992,6 @@ def test_stateful_fuzzing_against_numpy(dataset_factory, store_path, monkeypatch
     from hypothesis import strategies as st
     from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-    from fiftyone_qdrant import similarity
     from fiftyone_qdrant.similarity import QdrantSimilarityIndex
 
     dataset = dataset_factory(FUZZ_N)
