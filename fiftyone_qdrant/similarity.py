@@ -15,7 +15,7 @@ import functools
 import logging
 import math
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -995,11 +995,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         allowed_set = set(allowed.tolist())
         want = min(want, len(allowed))
         limit = want if k is None else min(total, math.ceil(want * total / len(allowed) * 2) + 16)
-        while True:
-            results = [[h for h in hits if self._hit_key(h) in allowed_set] for hits in run(limit)]
-            if limit >= total or all(len(r) >= want for r in results):
-                return [r[:want] for r in results]
-            limit = min(total, limit * 4)
+        return self._oversample(run, want, total, limit, lambda keys: allowed_set.intersection(keys))
 
     def _max_filter_ids(self, total: int) -> int:
         """The largest view sent to Qdrant as an id filter.
@@ -1067,33 +1063,47 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if len(listed) <= bound:
             return run(min(want, len(listed)), self._restriction(listed))
 
-        in_view: Dict[str, bool] = {}
+        def in_mongo_view(keys: List[str]) -> Set[str]:
+            valid = [key for key in keys if idmap.is_object_id(key)]
+            return set(idmap.collect_view_ids(view.select(valid), limit=len(valid))) if valid else set()
+
         limit = min(total, math.ceil(want * total / bound * 2) + 16)
-        for attempt in range(2):
+        return self._oversample(run, want, total, limit, in_mongo_view, max_rounds=2)
+
+    def _oversample(self, run, want: int, total: int, limit: int, members: Callable[[List[str]], Set[str]], max_rounds=None):
+        """Top-``want`` in-view hits per query from ``run(limit)`` hits,
+        ``members(keys)`` telling which keys are in the view.
+
+        Candidates are checked best first and a few at a time (a check may
+        be a MongoDB round trip), about as many as the in-view rate seen so
+        far needs; ``limit`` grows 4x while that is not enough. Returns
+        None after ``max_rounds`` searches without enough hits."""
+        in_view: Dict[str, bool] = {}
+        rounds = 0
+        while True:
             all_hits = run(limit)
             longest = max((len(hits) for hits in all_hits), default=0)
             checked, step = 0, 16 * want + 16  # enough for views over ~10%
             while True:
                 upto = min(longest, checked + step)
-                new = {self._hit_key(h) for hits in all_hits for h in hits[checked:upto]}
-                new = [key for key in new if key not in in_view]
+                new = list({self._hit_key(h) for hits in all_hits for h in hits[checked:upto]} - in_view.keys())
                 if new:
-                    valid = [key for key in new if idmap.is_object_id(key)]
-                    members = set(idmap.collect_view_ids(view.select(valid), limit=len(valid))) if valid else set()
-                    in_view.update((key, key in members) for key in new)
+                    found_in = members(new)
+                    in_view.update((key, key in found_in) for key in new)
                 checked = upto
                 results = [[h for h in hits[:checked] if in_view[self._hit_key(h)]] for hits in all_hits]
-                found = min(len(r) for r in results)
+                found = min((len(r) for r in results), default=want)
                 if found >= want:
                     return [r[:want] for r in results]
                 if checked >= longest:
                     break
-                # check next about as many as the in-view rate so far needs
                 step = 4 * checked if found == 0 else max(16, math.ceil(checked * (want / found * 1.25 - 1)))
             if limit >= total:
-                return results
+                return [r[:want] for r in results]
+            rounds += 1
+            if max_rounds is not None and rounds >= max_rounds:
+                return None
             limit = min(total, limit * 4)
-        return None
 
     def _hit_key(self, hit) -> str:
         if self.config.patches_field is not None:
