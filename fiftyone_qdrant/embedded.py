@@ -97,9 +97,12 @@ class _SharedShard:
     ``EdgeShard.load()`` itself writes to the shard (it replays and deletes
     the journals that a writer's ``flush()`` leaves), which would corrupt
     the in-memory state of a process that still has the shard open. So a
-    writer leaves the shard *consolidated*: after writing it flushes,
-    closes and reloads before releasing its lock; loading a consolidated
-    shard rewrites nothing. Loads take the exclusive lock too.
+    writer flushes and closes its handle before releasing its lock (and
+    reloads it when its session goes on), and bumps the version file: from
+    then on every handle still open elsewhere is stale and is replaced
+    before its next read (see :meth:`_load`). The first process to load
+    replays the journals, under the exclusive lock that every load takes;
+    later loads rewrite nothing, so its fresh handle stays valid.
     """
 
     # A long write session is consolidated this often so that readers
