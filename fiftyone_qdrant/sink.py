@@ -433,6 +433,12 @@ class Target(abc.ABC):
         run stops instead of dead-lettering everything."""
         return False
 
+    def describe(self, error: BaseException) -> str:
+        """An error's text for logs, dead letters and our exceptions,
+        shortened, and without secrets (a client error may echo the API key)."""
+        text = str(error).strip() or type(error).__name__
+        return text if len(text) <= 500 else text[:497] + "..."
+
     def close(self) -> None:
         pass
 
@@ -545,9 +551,14 @@ _TRANSIENT_ENGINE_MESSAGES = ("os error", "No space left", "Too many open files"
 class ServerTarget(Target):
     """A Qdrant server, through ``qdrant-client`` (REST or gRPC)."""
 
-    def __init__(self, client, location: str = "Qdrant server"):
+    def __init__(self, client, location: str = "Qdrant server", api_key: Optional[str] = None):
         self.client = client
         self.location = location
+        self._api_key = api_key
+
+    def describe(self, error: BaseException) -> str:
+        text = super().describe(error)
+        return text.replace(self._api_key, "***") if self._api_key else text
 
     def schema(self, name: str) -> Optional[CollectionSchema]:
         from qdrant_client import models as qm
@@ -719,7 +730,7 @@ def open_target(
     from .server import ServerStore
 
     store = ServerStore(url, api_key=api_key, grpc_port=grpc_port, prefer_grpc=prefer_grpc, timeout=timeout)
-    return ServerTarget(store.client, store.location)
+    return ServerTarget(store.client, store.location, api_key=api_key)
 
 
 # ---------------------------------------------------------------------------
@@ -1415,7 +1426,7 @@ class QdrantSink:
             self._schemas.pop(name, None)  # the collection may have changed under us
             if len(entries) == 1:
                 entry = entries[0]
-                self._dead_letter("Qdrant rejected the %s: %s" % (operation, _describe_error(e)),
+                self._dead_letter("Qdrant rejected the %s: %s" % (operation, self.target.describe(e)),
                                   entry.line, entry.source, entry.offset, entry.record)
                 return
             middle = len(entries) // 2
@@ -1440,7 +1451,7 @@ class QdrantSink:
         try:
             sessions.close()
         except Exception as e:
-            logger.warning("Could not end a write session: %s", _describe_error(e))
+            logger.warning("Could not end a write session: %s", self.target.describe(e))
             return False
         for batch in written:
             batch.done = True
@@ -1495,25 +1506,31 @@ class QdrantSink:
                 if isinstance(e, CollectionNotFoundError):
                     raise
                 if self.target.is_fatal(e):
-                    raise SinkUnavailableError(
+                    failure = SinkUnavailableError(
                         "%s in the %s was refused: %s. Nothing after the last written record was committed"
-                        % (what.capitalize(), self.target.location, _describe_error(e))
-                    ) from e
-                if not self.target.is_transient(e):
+                        % (what.capitalize(), self.target.location, self.target.describe(e))
+                    )
+                elif not self.target.is_transient(e):
                     raise
-                if self.max_retries is not None and attempt >= self.max_retries:
-                    raise SinkUnavailableError(
+                elif self.max_retries is not None and attempt >= self.max_retries:
+                    failure = SinkUnavailableError(
                         "%s in the %s failed %d times, last with: %s. Offsets of records not written were "
                         "not committed: run the sink again to resume"
-                        % (what.capitalize(), self.target.location, attempt + 1, _describe_error(e))
-                    ) from e
-                delay = min(self.retry_max_s, self.retry_base_s * 2**attempt) * random.uniform(0.5, 1.0)
-                attempt += 1
-                self.report.retries += 1
-                logger.warning(
-                    "%s failed (%s); retry %d in %.1fs", what.capitalize(), _describe_error(e), attempt, delay
-                )
-                self._sleep(delay)
+                        % (what.capitalize(), self.target.location, attempt + 1, self.target.describe(e))
+                    )
+                else:
+                    failure = None
+                    delay = min(self.retry_max_s, self.retry_base_s * 2**attempt) * random.uniform(0.5, 1.0)
+                    attempt += 1
+                    self.report.retries += 1
+                    logger.warning(
+                        "%s failed (%s); retry %d in %.1fs", what.capitalize(), self.target.describe(e), attempt, delay
+                    )
+            # raised outside the except block: the client's error, whose text
+            # may echo the API key, is not chained to ours
+            if failure is not None:
+                raise failure
+            self._sleep(delay)
 
     # -- commits ------------------------------------------------------------
 
@@ -1545,11 +1562,6 @@ class _LinesSource(Source):
 def _describe(schema: CollectionSchema) -> str:
     parts = ["%s: %s" % (n or "(unnamed)", s.describe()) for n, s in sorted(schema.vectors.items())]
     return "%s; distance %s" % (", ".join(parts), schema.distance)
-
-
-def _describe_error(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def run_sink(

@@ -746,6 +746,39 @@ def test_cli_unreachable_server_stops_with_status_3(tmp_path):
     assert Checkpoint(dead_letter + ".checkpoint.json").get("file:" + str(data)) is None
 
 
+def test_server_errors_never_carry_the_api_key(tmp_path):
+    """A client error whose text echoes the API key (e.g. a URL with
+    credentials) is reported redacted, in the log, the exception and its
+    chain."""
+    import logging
+
+
+    key = "sentinel-sink-key-7291"
+
+    class UnreachableClient:  # injects the fault; the sink's handling is what is tested
+        def collection_exists(self, name):
+            raise ConnectionError("cannot reach https://user:%s@qdrant.example:6333" % key)
+
+        def close(self):
+            pass
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("fiftyone_qdrant.sink").addHandler(handler)
+    try:
+        with pytest.raises(SinkUnavailableError) as info:
+            with QdrantSink(ServerTarget(UnreachableClient(), api_key=key), dead_letter_path=str(tmp_path / "dead.jsonl"),
+                            max_retries=2, sleep=lambda s: None) as sink:
+                sink.write_lines([line("c", 1, [1, 2])])
+    finally:
+        logging.getLogger("fiftyone_qdrant.sink").removeHandler(handler)
+    error = info.value
+    assert "failed 3 times" in str(error) and "user:***@qdrant.example" in str(error)
+    assert error.__cause__ is None and error.__context__ is None
+    assert len(records) == 2 and all(key not in r.getMessage() and "***" in r.getMessage() for r in records)
+
+
 @pytest.mark.server
 @pytest.mark.skipif(not os.environ.get("QDRANT_URL"), reason="needs a Qdrant server: set QDRANT_URL")
 def test_server_target_on_a_real_server(tmp_path):
