@@ -54,7 +54,6 @@ import base64
 import contextlib
 import dataclasses
 import datetime
-import fcntl
 import json
 import logging
 import math
@@ -765,7 +764,7 @@ class Checkpoint:
     def set(self, key: str, offset: int) -> None:
         directory = os.path.dirname(self.path)
         os.makedirs(directory, exist_ok=True)
-        with _locked(self.path + ".lock"):
+        with file_lock(self.path + ".lock"):
             offsets = self._read()
             offsets[key] = {"offset": int(offset), "committed_at": _now()}
             tmp = "%s.tmp-%d" % (self.path, os.getpid())
@@ -776,7 +775,6 @@ class Checkpoint:
             os.replace(tmp, self.path)
 
 
-_locked = file_lock
 
 
 @dataclasses.dataclass
