@@ -22,11 +22,9 @@ Opt out with ``FIFTYONE_QDRANT_DISABLE_PLUGIN=true``. An explicit
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import os
 import sys
-from typing import Callable, Dict
 
 ENTRY_POINT_GROUP = "fiftyone.brain.similarity_backends"
 DISABLE_ENV_VAR = "FIFTYONE_QDRANT_DISABLE_PLUGIN"
@@ -79,8 +77,12 @@ def discover_app_plugin(plugins_core_module) -> None:
     plugin.patch_plugin_discovery(plugins_core_module)
 
 
-class _AfterImportHook(importlib.abc.MetaPathFinder):
-    """Runs a callback right after a given module has executed."""
+class _AfterImportHook:
+    """Runs a callback right after a given module has executed.
+
+    A ``sys.meta_path`` finder needs only ``find_spec``; not subclassing
+    ``importlib.abc.MetaPathFinder`` spares every Python process importing
+    ``importlib.abc`` (~14 ms, it pulls in importlib.resources) at start-up."""
 
     def __init__(self, callbacks: Dict[str, Callable]):
         self._callbacks = callbacks
