@@ -887,15 +887,12 @@ class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):
             return
 
         for sample in self.samples.select_fields(self.patches_field).iter_samples():
-            patches = [
-                (label_id, box)
-                for label_id, box in _patch_boxes(sample[self.patches_field])
-                if label_id not in self.skip_ids
-            ]
+            all_patches = _patch_boxes(sample[self.patches_field])
+            patches = [(label_id, box) for label_id, box in all_patches if label_id not in self.skip_ids]
             if patches:
                 label_ids, boxes = zip(*patches)
                 yield _ImageTask(sample.id, sample.filepath, tuple(label_ids), tuple(boxes))
-            self.num_skipped += _count_labels(sample[self.patches_field]) - len(patches)
+            self.num_skipped += len(all_patches) - len(patches)
 
 
 def iter_embedding_batches(
@@ -987,10 +984,6 @@ def _labels_of(label) -> List[fol.Label]:
         return []
     list_attribute = _LIST_ATTRIBUTES.get(type(label))
     return list(getattr(label, list_attribute) or []) if list_attribute else [label]
-
-
-def _count_labels(label) -> int:
-    return len(_labels_of(label))
 
 
 def _patch_boxes(label) -> List[Tuple[str, Optional[Tuple[float, ...]]]]:
