@@ -940,7 +940,9 @@ def iter_embedding_batches(
         an :class:`EmbeddingBatchIterator` of :class:`EmbeddingBatch`
     """
     return EmbeddingBatchIterator(
-        samples, model, patches_field, batch_size, num_workers, skip_ids, progress, failures, half_precision, skip_failures
+        samples, model, patches_field=patches_field, batch_size=batch_size, num_workers=num_workers,
+        skip_ids=skip_ids, progress=progress, failures=failures, half_precision=half_precision,
+        skip_failures=skip_failures,
     )
 
 
