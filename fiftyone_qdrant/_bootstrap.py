@@ -38,7 +38,7 @@ def plugin_disabled() -> bool:
     return os.environ.get(DISABLE_ENV_VAR, "").lower() in ("1", "true", "yes")
 
 
-def declared_backends() -> Dict[str, str]:
+def declared_backends() -> dict[str, str]:
     """Maps backend name -> dotted config class path, from entry points."""
     from importlib.metadata import entry_points
 
@@ -84,7 +84,7 @@ class _AfterImportHook:
     ``importlib.abc.MetaPathFinder`` spares every Python process importing
     ``importlib.abc`` (~14 ms, it pulls in importlib.resources) at start-up."""
 
-    def __init__(self, callbacks: Dict[str, Callable]):
+    def __init__(self, callbacks: dict):  # module name -> function(module)
         self._callbacks = callbacks
 
     def find_spec(self, fullname, path, target=None):

@@ -113,13 +113,6 @@ def patch_plugin_discovery(core_module) -> None:
         package.delete_plugin = delete_plugin
 
 
-def is_discovered() -> bool:
-    """Whether FiftyOne currently lists this plugin (from any location)."""
-    import fiftyone.plugins as fop
-
-    return any(p.name == PLUGIN_NAME for p in fop.list_plugins(enabled="all", builtin="all"))
-
-
 # -- explicit installation ----------------------------------------------------
 
 

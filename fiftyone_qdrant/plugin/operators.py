@@ -168,7 +168,7 @@ def _embedding_fields(view, patches_field: Optional[str]) -> List[str]:
         _, root = view._get_label_field_path(patches_field)
         prefix = root + "."
         try:
-            dynamic = view.get_dynamic_field_schema()
+            dynamic = view.get_dynamic_field_schema(fields=patches_field)  # scans only that field
         except Exception:
             dynamic = {}
         names = {
@@ -198,7 +198,7 @@ def _load_model(name: str, model_kwargs: Optional[dict]):
     except ImportError:  # e.g. torch is not installed
         foq_models = None
 
-    if foq_models is not None and hasattr(foq_models, "resolve_model"):
+    if foq_models is not None:
         return foq_models.resolve_model(name, model_kwargs).model
     if model_kwargs:
         import fiftyone.zoo as foz
