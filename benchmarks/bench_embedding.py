@@ -23,21 +23,21 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Callable, List, Optional
 
-# Images and checkpoint go to _WORK_DIR, removed at the end; the database
-# directory is left alone (FiftyOne stops its mongod only after we exit)
-_WORK_DIR = tempfile.mkdtemp(prefix="embedding-bench-")
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="embedding-bench-db-"))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_REPO_ROOT, os.path.join(_REPO_ROOT, "tests")]
+
+from scratch import make_scratch_dir  # noqa: E402
+
+# Images, checkpoint and database, all removed at exit
+_WORK_DIR = make_scratch_dir("embedding-bench-")
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(_WORK_DIR, "db"))
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
-
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [_REPO_ROOT, os.path.join(_REPO_ROOT, "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -146,48 +146,45 @@ def main() -> int:
     batch_size = args.batch_size or (models.DEFAULT_CUDA_BATCH_SIZE if on_cuda else models.DEFAULT_CPU_BATCH_SIZE)
     num_workers = fout.recommend_num_workers(args.num_workers)
 
-    try:
-        images = tiny_clip.write_shape_images(os.path.join(_WORK_DIR, "images"), num_images, image_size=args.image_size)
-        dataset = tiny_clip.build_shapes_dataset(images)
-        resolved = build_model(args, _WORK_DIR)
-        print(
-            "model=%s device=%s images=%d (%dx%d PNG) torch_threads=%d cpus=%d batch_size=%d num_workers=%d"
-            % (args.model, args.device, num_images, args.image_size, args.image_size, torch.get_num_threads(),
-               os.cpu_count(), batch_size, num_workers)
-        )
-        print("load average before: %.1f %.1f %.1f" % os.getloadavg())
-        time_ours(dataset.limit(batch_size), resolved, batch_size, 0)  # warm-up: allocator, oneDNN/cuDNN kernels
+    images = tiny_clip.write_shape_images(os.path.join(_WORK_DIR, "images"), num_images, image_size=args.image_size)
+    dataset = tiny_clip.build_shapes_dataset(images)
+    resolved = build_model(args, _WORK_DIR)
+    print(
+        "model=%s device=%s images=%d (%dx%d PNG) torch_threads=%d cpus=%d batch_size=%d num_workers=%d"
+        % (args.model, args.device, num_images, args.image_size, args.image_size, torch.get_num_threads(),
+           os.cpu_count(), batch_size, num_workers)
+    )
+    print("load average before: %.1f %.1f %.1f" % os.getloadavg())
+    time_ours(dataset.limit(batch_size), resolved, batch_size, 0)  # warm-up: allocator, oneDNN/cuDNN kernels
 
-        results = []
-        with GpuUtilizationSampler(resolved.device) if on_cuda else contextlib.nullcontext() as sampler:
-            seconds, ours = time_ours(dataset, resolved, batch_size, num_workers)
-        label = "fiftyone_qdrant iter_embedding_batches" + (" (fp16 autocast)" if on_cuda else "")
-        results.append((label, seconds))
-        if on_cuda:
-            seconds, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=False)
-            results.append(("fiftyone_qdrant iter_embedding_batches (fp32)", seconds))
-        elif args.cpu_bf16:
-            seconds, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=True)
-            results.append(("fiftyone_qdrant iter_embedding_batches (bf16 autocast, opt-in)", seconds))
+    results = []
+    with GpuUtilizationSampler(resolved.device) if on_cuda else contextlib.nullcontext() as sampler:
+        seconds, ours = time_ours(dataset, resolved, batch_size, num_workers)
+    label = "fiftyone_qdrant iter_embedding_batches" + (" (fp16 autocast)" if on_cuda else "")
+    results.append((label, seconds))
+    if on_cuda:
+        seconds, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=False)
+        results.append(("fiftyone_qdrant iter_embedding_batches (fp32)", seconds))
+    elif args.cpu_bf16:
+        seconds, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=True)
+        results.append(("fiftyone_qdrant iter_embedding_batches (bf16 autocast, opt-in)", seconds))
 
-        seconds, theirs = time_fiftyone(dataset, resolved, batch_size, num_workers)
-        results.append(("FiftyOne compute_embeddings (batch_size=%d, num_workers=%d)" % (batch_size, num_workers), seconds))
-        cosine = np.sum(_normalize(ours) * _normalize(theirs), axis=1)
-        if not args.skip_fiftyone_defaults:
-            seconds, _ = time_fiftyone(dataset, resolved, None, None)
-            results.append(("FiftyOne compute_embeddings (defaults: batch_size=1)", seconds))
+    seconds, theirs = time_fiftyone(dataset, resolved, batch_size, num_workers)
+    results.append(("FiftyOne compute_embeddings (batch_size=%d, num_workers=%d)" % (batch_size, num_workers), seconds))
+    cosine = np.sum(_normalize(ours) * _normalize(theirs), axis=1)
+    if not args.skip_fiftyone_defaults:
+        seconds, _ = time_fiftyone(dataset, resolved, None, None)
+        results.append(("FiftyOne compute_embeddings (defaults: batch_size=1)", seconds))
 
-        ours_rate = num_images / results[0][1]
-        print("\n%-68s %10s %9s" % ("", "images/s", "vs ours"))
-        for label, seconds in results:
-            rate = num_images / seconds
-            print("%-68s %10.1f %8.2fx" % (label, rate, ours_rate / rate))
-        print("\nembeddings agree: min cosine(ours, FiftyOne) = %.6f" % cosine.min())
-        print("load average after: %.1f %.1f %.1f (other processes skew timings)" % os.getloadavg())
-        if on_cuda:
-            print("GPU utilisation during our run: %s" % sampler.summary())
-    finally:
-        shutil.rmtree(_WORK_DIR, ignore_errors=True)
+    ours_rate = num_images / results[0][1]
+    print("\n%-68s %10s %9s" % ("", "images/s", "vs ours"))
+    for label, seconds in results:
+        rate = num_images / seconds
+        print("%-68s %10.1f %8.2fx" % (label, rate, ours_rate / rate))
+    print("\nembeddings agree: min cosine(ours, FiftyOne) = %.6f" % cosine.min())
+    print("load average after: %.1f %.1f %.1f (other processes skew timings)" % os.getloadavg())
+    if on_cuda:
+        print("GPU utilisation during our run: %s" % sampler.summary())
     return 0
 
 

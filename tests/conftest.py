@@ -6,9 +6,10 @@ The environment is set before FiftyOne is imported, so no test touches
 """
 
 import os
-import tempfile
 
-_SESSION_DIR = tempfile.mkdtemp(prefix="fiftyone-qdrant-tests-")
+from scratch import make_scratch_dir
+
+_SESSION_DIR = make_scratch_dir("fiftyone-qdrant-tests-")
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(_SESSION_DIR, "db"))
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"

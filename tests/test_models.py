@@ -1,32 +1,24 @@
 """Tests for fiftyone_qdrant.models with a real (tiny, locally trained)
 open_clip model and a real FiftyOne database: no downloads, no mocks."""
 
+import json
 import os
-import tempfile
+import subprocess
+import sys
+import time
 
-# FiftyOne reads these at import; conftest.py may already have set them
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="fiftyone-qdrant-models-db-"))
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import fiftyone as fo
+import fiftyone.utils.open_clip as fouoc
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import fiftyone as fo  # noqa: E402
-import fiftyone.utils.open_clip as fouoc  # noqa: E402
-
-import tiny_clip  # noqa: E402
-from fiftyone_qdrant import models  # noqa: E402
+import tiny_clip
+from fiftyone_qdrant import models
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
 

@@ -266,7 +266,8 @@ def train_tiny_clip(seed: int = 0, steps: int = 300, per_class: int = 9) -> Tupl
     import torch.nn.functional as F
 
     if ARCH not in open_clip.list_models():
-        register_config(tempfile.mkdtemp(prefix="tiny-clip-config-"))
+        with tempfile.TemporaryDirectory(prefix="tiny-clip-config-") as config_dir:
+            register_config(config_dir)  # open_clip reads the file right away
 
     torch.manual_seed(seed)
     rng = random.Random(seed + 1)
