@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .errors import QdrantBackendError
 
@@ -56,11 +56,19 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where (embedded store by default)")
     group.add_argument("--path", help="embedded store directory (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH "
                                       "or ~/.fiftyone/qdrant)")
-    group.add_argument("--url", help="Qdrant server URL (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL)")
-    group.add_argument("--api-key", help="Qdrant API key (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY)")
+    group.add_argument("--url", help="Qdrant server URL (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL or "
+                                     "~/.fiftyone/brain_config.json)")
+    group.add_argument("--api-key", help="Qdrant API key (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY or "
+                                         "~/.fiftyone/brain_config.json)")
     group.add_argument("--grpc-port", type=int, help="the server's gRPC port")
     group.add_argument("--prefer-grpc", action="store_true", default=None, help="talk gRPC to the server")
     group.add_argument("--timeout", type=float, help="server request timeout in seconds")
+
+
+def _connection(args: argparse.Namespace) -> Dict[str, Any]:
+    """The connection flags given; unset ones come from the brain config."""
+    return {"path": args.path, "url": args.url, "api_key": args.api_key, "grpc_port": args.grpc_port,
+            "prefer_grpc": args.prefer_grpc, "timeout": args.timeout}
 
 
 def _add_sink_command(subparsers) -> None:
@@ -109,33 +117,23 @@ def _run_sink(args: argparse.Namespace) -> int:
         url = url or connector.url
         api_key = api_key or connector.api_key
         topic = topic or connector.topic
-    if topic and args.inputs:
-        raise QdrantBackendError("Read either files or a Fluvio topic, not both")
-    if args.fluvio_endpoint and not topic:
-        raise QdrantBackendError("--fluvio-endpoint needs --fluvio-topic or --connector-config with meta.topic")
-
-    checkpoint_path = args.checkpoint or args.dead_letter + ".checkpoint.json"
-    checkpoint = sink.Checkpoint(checkpoint_path)
-    if topic:
-        sources = [sink.FluvioSource(topic, args.fluvio_partition, checkpoint, args.fluvio_endpoint, args.from_start)]
-    else:
-        inputs = args.inputs or ["-"]
-        sources = [sink.file_source(p, checkpoint, args.from_start) for p in inputs]
-
-    target = sink.open_target(url=url, api_key=api_key, path=args.path, grpc_port=args.grpc_port,
-                              prefer_grpc=args.prefer_grpc, timeout=args.timeout)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with sink.QdrantSink(
-            target,
+        report = sink.run_sink(
+            args.inputs,
+            fluvio_topic=topic,
+            fluvio_partition=args.fluvio_partition,
+            fluvio_endpoint=args.fluvio_endpoint,
+            dead_letter_path=args.dead_letter,
+            checkpoint_path=args.checkpoint,
+            from_start=args.from_start,
+            connection={**_connection(args), "url": url, "api_key": api_key},
             distance=args.distance,
             batch_size=args.batch_size,
             max_delay_s=args.max_delay,
             commit_interval_s=args.commit_interval,
-            dead_letter_path=args.dead_letter,
             max_retries=None if args.max_retries < 0 else args.max_retries,
-        ) as writer:
-            report = writer.run(sources)
+        )
     except sink.SinkUnavailableError as e:
         if e.report is not None:
             _print_report(e.report, args)
@@ -177,9 +175,7 @@ def _add_list_command(subparsers) -> None:
 def _run_list(args: argparse.Namespace) -> int:
     from .records import list_indexes
 
-    connection = {"path": args.path, "url": args.url, "api_key": args.api_key, "grpc_port": args.grpc_port,
-                  "prefer_grpc": args.prefer_grpc, "timeout": args.timeout}
-    indexes = list_indexes(**{k: v for k, v in connection.items() if v is not None})
+    indexes = list_indexes(**_connection(args))
     if args.json:
         print(json.dumps(indexes, indent=1, default=str))
         return EXIT_OK

@@ -78,23 +78,35 @@ class ConnectionSettings:
         with _stores_lock:
             store = _stores.get(key)
             if store is None:
-                if self.is_embedded:
-                    from .embedded import EmbeddedStore
-
-                    store = EmbeddedStore(self.store_path)
-                else:
-                    from .server import ServerStore
-
-                    store = ServerStore(
-                        self.url,
-                        api_key=self.api_key,
-                        grpc_port=self.grpc_port,
-                        prefer_grpc=self.prefer_grpc,
-                        https=self.https,
-                        timeout=self.timeout,
-                    )
-                _stores[key] = store
+                store = _stores[key] = self.connect()
             return store
+
+    def connect(self) -> VectorStore:
+        """A new store of the caller's own, which the caller closes."""
+        if self.is_embedded:
+            from .embedded import EmbeddedStore
+
+            return EmbeddedStore(self.store_path)
+        from .server import ServerStore
+
+        return ServerStore(
+            self.url,
+            api_key=self.api_key,
+            grpc_port=self.grpc_port,
+            prefer_grpc=self.prefer_grpc,
+            https=self.https,
+            timeout=self.timeout,
+        )
+
+
+def resolve_settings(**given) -> ConnectionSettings:
+    """Settings from ``given`` (``None`` values ignored), the rest from the
+    brain config (environment, brain_config.json), as a brain run gets them."""
+    from .similarity import QdrantSimilarityConfig
+
+    config = QdrantSimilarityConfig(**{k: v for k, v in given.items() if v is not None})
+    config.load_credentials()
+    return config.connection_settings()
 
 
 def close_all() -> None:

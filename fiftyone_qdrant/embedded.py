@@ -172,19 +172,15 @@ class _SharedShard:
         return self._shard is not None and self._read_version() == self._loaded_version
 
     @contextlib.contextmanager
-    def _flock(self, mode: int):
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR)
-        except FileNotFoundError:
-            raise CollectionNotFoundError(
-                "Qdrant collection at '%s' no longer exists" % self.directory
-            ) from None
-        try:
-            fcntl.flock(fd, mode)
+    def _flock(self, shared: bool = False) -> Iterator[int]:
+        with contextlib.ExitStack() as stack:
+            try:
+                fd = stack.enter_context(file_lock(self._lock_path, shared=shared, create=False))
+            except FileNotFoundError:
+                raise CollectionNotFoundError(
+                    "Qdrant collection at '%s' no longer exists" % self.directory
+                ) from None
             yield fd
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[qe.EdgeShard]:
@@ -194,11 +190,11 @@ class _SharedShard:
                 return
             while True:
                 if not self._is_fresh():
-                    with self._flock(fcntl.LOCK_EX):
+                    with self._flock():
                         if not self._is_fresh():
                             self._load()
                             self._loaded_version = self._read_version()
-                with self._flock(fcntl.LOCK_SH):
+                with self._flock(shared=True):
                     if self._is_fresh():  # else a writer got in: reload
                         yield self._shard
                         return
@@ -206,7 +202,7 @@ class _SharedShard:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """The write lock alone, for sidecar files (metadata)."""
-        with self._thread_lock, self._flock(fcntl.LOCK_EX):
+        with self._thread_lock, self._flock():
             yield
 
     @contextlib.contextmanager
@@ -266,7 +262,7 @@ class _SharedShard:
                 finally:
                     self._session_depth -= 1
                 return
-            with self._flock(fcntl.LOCK_EX) as fd:
+            with self._flock() as fd:
                 self._lock_fd = fd
                 self._session_depth = 1
                 try:
@@ -305,7 +301,7 @@ class _SharedShard:
         with self._thread_lock:
             if self._shard is not None:
                 try:
-                    with self._flock(fcntl.LOCK_EX):
+                    with self._flock():
                         if not self._is_fresh():
                             self._load()
                         self._shard.close()

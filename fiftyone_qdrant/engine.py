@@ -75,15 +75,17 @@ def iter_pages(fetch_page: Callable[[Any], Tuple[list, Any]]) -> Iterator[list]:
 
 
 @contextlib.contextmanager
-def file_lock(path: str) -> Iterator[None]:
-    """An exclusive inter-process lock held on ``path`` (created if needed)."""
+def file_lock(path: str, shared: bool = False, create: bool = True) -> Iterator[int]:
+    """An inter-process lock held on ``path``: exclusive, or shared among
+    readers. Yields the lock file's descriptor. ``create=False`` raises
+    FileNotFoundError when ``path`` is gone (its owner was deleted)."""
     import fcntl
     import os
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield fd
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -34,14 +34,14 @@ def migrate_builtin_runs(dataset, brain_keys: Optional[List[str]] = None, **cred
         brain_keys (None): the runs to migrate; default all built-in ones
         **credentials: ``url``/``api_key``/... if not in the brain config
     """
-    from .similarity import QdrantSimilarityIndex
-
-    keys = builtin_run_keys(dataset) if brain_keys is None else list(brain_keys)
+    builtin = builtin_run_keys(dataset)
+    keys = builtin if brain_keys is None else list(brain_keys)
+    unknown = sorted(set(keys) - set(builtin))
+    if unknown:  # checked before any run is rewritten
+        raise ValueError("Not runs of FiftyOne's built-in Qdrant backend: %s (those are: %s)" % (unknown, builtin))
     migrated = []
     for key in keys:
         results = dataset.load_brain_results(key, cache=False, **credentials)
-        if not isinstance(results, QdrantSimilarityIndex):
-            raise TypeError("Brain run '%s' is not a Qdrant similarity run" % key)
         results.save_config()
         results.save()
         migrated.append(key)

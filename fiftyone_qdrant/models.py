@@ -99,12 +99,15 @@ class ResolvedModel:
         model: the :class:`fiftyone.core.models.Model` instance
         spec: JSON-serialisable ``{"model": str, "model_kwargs": dict}``, or
             ``None`` for a user-supplied instance (it cannot be reloaded)
-        supports_prompts: whether the model embeds text prompts
     """
 
     model: fom.Model
     spec: Optional[ModelSpec]
-    supports_prompts: bool
+
+    @property
+    def supports_prompts(self) -> bool:
+        """Whether the model embeds text prompts."""
+        return supports_prompts(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -229,13 +232,13 @@ def resolve_model(
                 "The model instance is on %s; it cannot be moved to device=%r. "
                 "Build it on that device, or pass a model name" % (_model_device(model), str(device))
             )
-        return ResolvedModel(model, model_spec_of(model), supports_prompts(model))
+        return ResolvedModel(model, model_spec_of(model))
     if not isinstance(model, str):
         raise TypeError("model must be a fiftyone Model, a zoo model name or 'open_clip:<ARCH>', not %r" % type(model))
 
     spec = parse_model_spec(model, model_kwargs)
     instance = load_model_from_spec(spec, device=device)
-    return ResolvedModel(instance, spec, supports_prompts(instance))
+    return ResolvedModel(instance, spec)
 
 
 def load_model_from_spec(spec: Mapping[str, Any], device: Union[str, torch.device, None] = None) -> fom.Model:
@@ -753,9 +756,6 @@ class _BatchEmbedder:
         done = torch.cuda.Event()
         done.record()
         return _PendingEmbeddings(host, done)
-
-    def __call__(self, inputs: Union[torch.Tensor, List[Any]]) -> np.ndarray:
-        return self.start(inputs).result()
 
 
 class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):

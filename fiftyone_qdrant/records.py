@@ -14,6 +14,7 @@ import datetime
 import logging
 from typing import Any, Dict, List, Optional
 
+from .connection import resolve_settings
 from .engine import VectorStore
 from .errors import CollectionNotFoundError, QdrantBackendError
 
@@ -113,7 +114,7 @@ def list_indexes(**connection) -> List[Dict[str, Any]]:
             ``~/.fiftyone/qdrant``) or ``url``/``api_key``/... for a server;
             unset values come from the brain config / environment
     """
-    store = _open(**connection)
+    store = resolve_settings(**connection).open()
     out = []
     for name in store.list_collections():
         try:
@@ -132,7 +133,7 @@ def attach_index(dataset, collection_name: str, brain_key: Optional[str] = None,
     vectors). Returns the :class:`QdrantSimilarityIndex`."""
     import fiftyone.brain as fob
 
-    store = _open(**connection)
+    store = resolve_settings(**connection).open()
     if not store.collection_exists(collection_name):
         raise CollectionNotFoundError(
             "Qdrant collection '%s' does not exist in the %s; see list_indexes()" % (collection_name, store.location)
@@ -153,11 +154,3 @@ def attach_index(dataset, collection_name: str, brain_key: Optional[str] = None,
     return fob.compute_similarity(
         dataset, backend="qdrant", embeddings=False, collection_name=collection_name, brain_key=brain_key, **kwargs
     )
-
-
-def _open(**connection) -> VectorStore:
-    from .similarity import QdrantSimilarityConfig
-
-    config = QdrantSimilarityConfig(**{k: v for k, v in connection.items() if v is not None})
-    config.load_credentials()
-    return config.connection_settings().open()

@@ -91,10 +91,6 @@ from .errors import CollectionNotFoundError, ConfigError, QdrantBackendError
 
 logger = logging.getLogger(__name__)
 
-URL_ENV = "FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL"
-API_KEY_ENV = "FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY"
-PATH_ENV = "FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH"
-
 #: payload fields that FiftyOne indexes look points up by
 FIFTYONE_ID_FIELDS = ("sample_id", "label_id")
 
@@ -708,28 +704,24 @@ def open_target(
     path: Optional[str] = None,
     grpc_port: Optional[int] = None,
     prefer_grpc: Optional[bool] = None,
+    https: Optional[bool] = None,
     timeout: Optional[float] = None,
 ) -> Target:
-    """A server target when a URL is given (argument or
-    ``FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL``), else the embedded store at
-    ``path`` (argument, ``FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH`` or
-    ``~/.fiftyone/qdrant``). The target owns its store and closes it."""
-    from .connection import ConnectionSettings
+    """A server target when a URL is set, else the embedded store at ``path``.
 
-    url = url or os.environ.get(URL_ENV) or None
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    settings = ConnectionSettings(
-        url=url, api_key=api_key, grpc_port=grpc_port, prefer_grpc=prefer_grpc, timeout=timeout,
-        path=path or os.environ.get(PATH_ENV) or None,
+    Unset arguments come from the brain config (``FIFTYONE_BRAIN_SIMILARITY_
+    QDRANT_*`` variables, brain_config.json), exactly as for a brain run.
+    The target owns its store and closes it."""
+    from .connection import resolve_settings
+
+    settings = resolve_settings(
+        url=url, api_key=api_key, path=path, grpc_port=grpc_port, prefer_grpc=prefer_grpc, https=https,
+        timeout=timeout,
     )
+    store = settings.connect()
     if settings.is_embedded:
-        from .embedded import EmbeddedStore
-
-        return EmbeddedTarget(EmbeddedStore(settings.store_path))
-    from .server import ServerStore
-
-    store = ServerStore(url, api_key=api_key, grpc_port=grpc_port, prefer_grpc=prefer_grpc, timeout=timeout)
-    return ServerTarget(store.client, store.location, api_key=api_key)
+        return EmbeddedTarget(store)
+    return ServerTarget(store.client, store.location, api_key=settings.api_key)
 
 
 # ---------------------------------------------------------------------------
@@ -1236,6 +1228,7 @@ class QdrantSink:
         self.close()
 
     def _run_source(self, source: Source) -> None:
+        logger.info("Reading %s", source.name)
         self._source = source
         try:
             try:
@@ -1407,7 +1400,9 @@ class QdrantSink:
         self.report.batches += 1
         if self.target.durable_on_return:
             batch.done = True
-            self._commit_done()
+            # the checkpoint is fsynced on every commit: not once per batch
+            if time.monotonic() - self._last_commit >= self.commit_interval_s:
+                self._commit_done()
             return
         self._written.append(batch)
         if self._sessions_started is None or time.monotonic() - self._sessions_started >= self.commit_interval_s:
@@ -1563,23 +1558,35 @@ def _describe(schema: CollectionSchema) -> str:
 
 
 def run_sink(
-    inputs: Sequence[str] = ("-",),
-    path: Optional[str] = None,
-    url: Optional[str] = None,
-    api_key: Optional[str] = None,
+    inputs: Sequence[str] = (),
+    *,
+    fluvio_topic: Optional[str] = None,
+    fluvio_partition: int = 0,
+    fluvio_endpoint: Optional[str] = None,
     dead_letter_path: Optional[str] = None,
     checkpoint_path: Optional[str] = None,
     from_start: bool = False,
+    connection: Optional[Dict[str, Any]] = None,
     **sink_options,
 ) -> SinkReport:
-    """Writes files (``-`` for stdin) into the embedded store at ``path`` or
-    the server at ``url``. With a ``checkpoint_path`` a re-run resumes each
-    file after what was committed (default: beside ``dead_letter_path``).
+    """Writes files (``-`` or none for stdin) or one Fluvio topic partition
+    into Qdrant. With a ``checkpoint_path`` (default: beside
+    ``dead_letter_path``) a re-run resumes each source after what was
+    committed.
 
-    ``sink_options`` are :class:`QdrantSink` arguments."""
+    ``connection`` holds :func:`open_target` arguments (``path``, ``url``,
+    ``api_key``, ...); ``sink_options`` are :class:`QdrantSink` arguments."""
+    if fluvio_topic and inputs:
+        raise ConfigError("Read either files or a Fluvio topic, not both")
+    if fluvio_endpoint and not fluvio_topic:
+        raise ConfigError("A Fluvio endpoint needs a Fluvio topic (or a connector config with meta.topic)")
     if checkpoint_path is None and dead_letter_path is not None:
         checkpoint_path = dead_letter_path + ".checkpoint.json"
     checkpoint = Checkpoint(checkpoint_path) if checkpoint_path else None
-    target = open_target(url=url, api_key=api_key, path=path)
+    if fluvio_topic:
+        sources: List[Source] = [FluvioSource(fluvio_topic, fluvio_partition, checkpoint, fluvio_endpoint, from_start)]
+    else:
+        sources = [file_source(p, checkpoint, from_start) for p in inputs or ["-"]]
+    target = open_target(**(connection or {}))
     with QdrantSink(target, dead_letter_path=dead_letter_path, **sink_options) as sink:
-        return sink.run(file_source(p, checkpoint, from_start) for p in inputs)
+        return sink.run(sources)

@@ -261,14 +261,18 @@ for entry in foq.list_indexes():
     ("markdown", """\
 ## Clean up
 
-`cleanup()` deletes the Qdrant collection; `delete_brain_run()` deletes FiftyOne's record of the run.""", []),
+`cleanup()` deletes the Qdrant collection; `delete_brain_run()` deletes FiftyOne's record of the run.
+Last, the tour's temporary images and store go too.""", []),
     ("code", """\
+import shutil
+
 for brain_key in ("qdrant_index", "qdrant_patches"):
     dataset.load_brain_results(brain_key).cleanup()
     dataset.delete_brain_run(brain_key)
 
 print(dataset.list_brain_runs(), foq.list_indexes())
-dataset.delete()""", ["cleanup"]),
+dataset.delete()
+shutil.rmtree(WORKDIR, ignore_errors=True)""", ["cleanup"]),
 ]
 
 

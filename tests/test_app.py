@@ -522,7 +522,7 @@ def test_migrate_operator_moves_builtin_runs(shapes):
     statuses = {r["brain_key"]: r["status"] for r in execute("list_qdrant_indexes", dataset, path=store).result["rows"]}
     assert statuses.get("legacy") == "attached"
 
-    assert "Not runs of the built-in" in execute_fails("migrate_builtin_qdrant_runs", dataset, brain_keys=["nope"])
+    assert "Not runs of FiftyOne's built-in" in execute_fails("migrate_builtin_qdrant_runs", dataset, brain_keys=["nope"])
     assert execute("migrate_builtin_qdrant_runs", dataset, path=store).result["migrated"] == ["legacy2"]
     assert builtin_run_keys(dataset) == []
 

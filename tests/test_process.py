@@ -168,6 +168,9 @@ def test_builtin_backend_runs_load_query_and_migrate(dataset_factory):
         assert module == "fiftyone_qdrant.similarity" and got == expected
 
         assert foq.migration.builtin_run_keys(dataset) == ["legacy"]
+        with pytest.raises(ValueError, match=r"Not runs of FiftyOne's built-in Qdrant backend: \['nope'\]"):
+            foq.migrate_builtin_runs(dataset, brain_keys=["legacy", "nope"])
+        assert foq.migration.builtin_run_keys(dataset) == ["legacy"]  # checked before anything was rewritten
         assert foq.migrate_builtin_runs(dataset) == ["legacy"]
         dataset.reload()
         assert dataset._doc.brain_methods["legacy"].config["cls"] == "fiftyone_qdrant.similarity.QdrantSimilarityConfig"

@@ -12,7 +12,6 @@ import textwrap
 import numpy as np
 import pytest
 
-import fiftyone as fo
 import fiftyone.brain as fob
 
 import fiftyone_qdrant.models as models

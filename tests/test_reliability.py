@@ -810,7 +810,7 @@ def test_hostile_dataset_names_stay_inside_the_store(dataset_factory, store_path
 
 def test_another_datasets_collection_is_never_overwritten(dataset_factory, store_path):
     a, b = dataset_factory(10), dataset_factory(10)
-    a_ids, b_ids = a.values("id"), b.values("id")
+    a_ids = a.values("id")
     XA, XB = random_embeddings(10, 6, seed=1), random_embeddings(10, 6, seed=2)
     fob.compute_similarity(a, embeddings=XA, backend="qdrant", brain_key="a", path=store_path, collection_name="shared")
 

@@ -632,18 +632,34 @@ def test_cli_streaming_stdin_writes_while_idle(tmp_path):
     assert sorted(read_points(store, "live")) == [1, 2]
 
 
+def _read_until(stream, text: str, timeout: float) -> str:
+    """What ``stream`` printed up to the first line containing ``text``."""
+    import select
+
+    seen, deadline = b"", time.monotonic() + timeout
+    while text.encode() not in seen:  # raw reads: nothing left in a Python buffer
+        assert select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0], (
+            "no %r within %.0f s; got: %s" % (text, timeout, seen.decode()))
+        got = os.read(stream.fileno(), 65536)
+        assert got, "the process ended first: %s" % seen.decode()
+        seen += got
+    return seen.decode()
+
+
 def test_cli_sigterm_writes_what_was_read_then_exits_130(tmp_path):
     store = str(tmp_path / "store")
     process = subprocess.Popen(
-        [CONSOLE_SCRIPT, "sink", "--path", store, "--dead-letter", str(tmp_path / "dead.jsonl"), "--max-delay", "60"],
+        [CONSOLE_SCRIPT, "sink", "-v", "--path", store, "--dead-letter", str(tmp_path / "dead.jsonl"),
+         "--max-delay", "60"],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     process.stdin.write("".join(line("t", i, [i, 1.0]) + "\n" for i in range(5)) + '{"collection_name": "t", "id"')
     process.stdin.flush()
-    time.sleep(1.5)  # read, but not due for 60 s
+    started = _read_until(process.stderr, "Reading <stdin>", timeout=60)  # start-up imports FiftyOne
+    time.sleep(1.0)  # read, but not due for 60 s
     process.send_signal(signal.SIGTERM)  # stdin stays open: no end of input
     process.wait(timeout=30)
-    stderr = process.stderr.read()
+    stderr = started + process.stderr.read()
     process.stdin.close()
     process.stderr.close()
     assert process.returncode == 130, stderr
@@ -744,6 +760,33 @@ def test_cli_unreachable_server_stops_with_status_3(tmp_path):
     assert "Connection refused" in result.stderr and "run the sink again" in result.stderr
     assert not os.path.exists(dead_letter)  # an outage is not the records' fault
     assert Checkpoint(dead_letter + ".checkpoint.json").get("file:" + str(data)) is None
+
+
+def test_cli_takes_unset_settings_from_brain_config_json(tmp_path):
+    """Like a brain run: an embedded path, then a server URL and API key,
+    read from ``brain_config.json`` when no flag or variable sets them."""
+    data = tmp_path / "in.jsonl"
+    data.write_text(line("from_config", 1, [1, 2]) + "\n")
+    brain_config = tmp_path / "brain_config.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIFTYONE_BRAIN_SIMILARITY_QDRANT_")}
+    env["FIFTYONE_BRAIN_CONFIG_PATH"] = str(brain_config)
+
+    def sink(*args):
+        command = [CONSOLE_SCRIPT, "sink", str(data), "--dead-letter", str(tmp_path / "dead.jsonl"), "--from-start"]
+        return subprocess.run(command + list(args), capture_output=True, text=True, timeout=120, env=env)
+
+    store = tmp_path / "configured-store"
+    brain_config.write_text(json.dumps({"similarity_backends": {"qdrant": {"path": str(store)}}}))
+    result = sink()
+    assert result.returncode == 0, result.stderr
+    assert list(read_points(str(store), "from_config")) == [1]
+
+    key = "sentinel-brain-config-key-5521"
+    brain_config.write_text(json.dumps(
+        {"similarity_backends": {"qdrant": {"url": "http://127.0.0.1:9", "api_key": key, "timeout": 2}}}))
+    result = sink("--max-retries", "0")
+    assert result.returncode == 3, result.stderr
+    assert "http://127.0.0.1:9" in result.stderr and key not in result.stderr + result.stdout
 
 
 def test_server_errors_never_carry_the_api_key(tmp_path):

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -121,6 +122,15 @@ class ShapeImage:
     def label(self) -> str:
         """The label of the first (for one-shape images, the only) shape."""
         return self.shapes[0].label
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def register_config(config_dir: PathLike) -> str:
@@ -271,7 +281,13 @@ def train_tiny_clip(seed: int = 0, steps: int = 300, per_class: int = 9) -> Tupl
 
     torch.manual_seed(seed)
     rng = random.Random(seed + 1)
-    model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=None)
+    # training from scratch: open_clip's "No pretrained weights loaded" is expected
+    quiet = _DropRecords("No pretrained weights loaded")
+    logging.getLogger().addFilter(quiet)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=None)
+    finally:
+        logging.getLogger().removeFilter(quiet)
     caption_tokens = open_clip.get_tokenizer(ARCH)(list(CAPTIONS))
 
     def make_batch(class_indices: Sequence[int]):

@@ -35,7 +35,6 @@ a server API key comes from the plugin secret
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -44,6 +43,8 @@ from typing import Any, Dict, List, Optional
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+
+from fiftyone_qdrant.connection import resolve_settings
 
 logger = logging.getLogger(__name__)
 
@@ -93,23 +94,6 @@ def connection_kwargs(ctx) -> Dict[str, Any]:
         if api_key:
             conn["api_key"] = api_key
     return conn
-
-
-def open_store(**connection):
-    """The :class:`fiftyone_qdrant.engine.VectorStore` for these settings."""
-    from fiftyone_qdrant.similarity import QdrantSimilarityConfig
-
-    config = QdrantSimilarityConfig(**{k: v for k, v in connection.items() if v is not None})
-    config.load_credentials()
-    return config.connection_settings().open()
-
-
-def describe_store(**connection) -> str:
-    from fiftyone_qdrant.similarity import QdrantSimilarityConfig
-
-    config = QdrantSimilarityConfig(**{k: v for k, v in connection.items() if v is not None})
-    config.load_credentials()
-    return config.connection_settings().describe()
 
 
 def _store_inputs(inputs: types.Object) -> None:
@@ -403,8 +387,10 @@ class BuildQdrantIndex(foo.Operator):
             what = "model '%s'" % model_name
 
         yield from _progress(ctx, 0.0, "Creating the index...")
-        with _quiet_prompt_warning():
-            index = fob.compute_similarity(view, **kwargs)
+        # a model built by fiftyone_qdrant.models records its spec, so
+        # fiftyone-brain's "will not support prompt queries" warning is dropped
+        # for it by that module's log filter, and kept where it is true
+        index = fob.compute_similarity(view, **kwargs)
         try:
             if source == "model":
                 model = index.get_model()
@@ -449,25 +435,6 @@ class BuildQdrantIndex(foo.Operator):
         yield from _progress(ctx, 1.0, message)
         yield ctx.ops.notify(message, variant="success")
         yield ctx.ops.reload_dataset()
-
-
-class _PromptWarningFilter(logging.Filter):
-    """fiftyone.brain warns that a Model instance (rather than a zoo name)
-    cannot serve prompts later; ours records a spec that reloads it."""
-
-    def filter(self, record):
-        return "will not support prompt queries" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_prompt_warning():
-    brain_logger = logging.getLogger("fiftyone.brain.similarity")
-    log_filter = _PromptWarningFilter()
-    brain_logger.addFilter(log_filter)
-    try:
-        yield
-    finally:
-        brain_logger.removeFilter(log_filter)
 
 
 def _roll_back(dataset, brain_key: str, index) -> None:
@@ -537,7 +504,7 @@ def missing_collections(dataset, default: Dict[str, Any]) -> List[Dict[str, Any]
     rows = []
     for key in qdrant_brain_keys(dataset):
         name = (dataset._doc.brain_methods[key].config or {}).get("collection_name")
-        if name and not open_store(**_run_connection(dataset, key, default)).collection_exists(name):
+        if name and not resolve_settings(**_run_connection(dataset, key, default)).open().collection_exists(name):
             rows.append({"brain_key": key, "collection_name": name})
     return rows
 
@@ -554,7 +521,7 @@ def stores_to_list(ctx) -> List[Dict[str, Any]]:
                 targets.append(target)
     unique, seen = [], set()
     for target in targets:
-        where = describe_store(**target)
+        where = resolve_settings(**target).describe()
         if where not in seen:
             seen.add(where)
             unique.append(target)
@@ -599,7 +566,7 @@ class ListQdrantIndexes(foo.Operator):
 
         stores, indexes, rows = [], [], []
         for target in stores_to_list(ctx):
-            where = describe_store(**target)
+            where = resolve_settings(**target).describe()
             found = records.list_indexes(**target)
             for entry in found:
                 entry["store"] = where
@@ -707,7 +674,7 @@ class DeleteQdrantIndex(foo.Operator):
         else:
             _store_inputs(inputs)
             try:
-                names = open_store(**connection_kwargs(ctx)).list_collections()
+                names = resolve_settings(**connection_kwargs(ctx)).open().list_collections()
             except Exception as e:
                 names = []
                 inputs.view("error", types.Warning(label="Cannot open the Qdrant store", description=str(e)))
@@ -746,7 +713,7 @@ class DeleteQdrantIndex(foo.Operator):
             name = params.get("collection_name")
             if not name:
                 raise ValueError("A collection name is required")
-            store = open_store(**connection_kwargs(ctx))
+            store = resolve_settings(**connection_kwargs(ctx)).open()
             if not store.collection_exists(name):
                 raise ValueError("Collection '%s' does not exist in the %s" % (name, store.location))
             users = runs_using_collection(store, name)
@@ -802,7 +769,7 @@ class AttachQdrantIndex(foo.Operator):
         inputs = types.Object()
         _store_inputs(inputs)
         try:
-            names = open_store(**connection_kwargs(ctx)).list_collections()
+            names = resolve_settings(**connection_kwargs(ctx)).open().list_collections()
         except Exception as e:
             names = []
             inputs.view("error", types.Warning(label="Cannot open the Qdrant store", description=str(e)))
@@ -893,13 +860,9 @@ class MigrateBuiltinQdrantRuns(foo.Operator):
         return types.Property(inputs, view=types.View(label="Migrate built-in Qdrant runs"))
 
     def execute(self, ctx):
-        from fiftyone_qdrant.migration import builtin_run_keys, migrate_builtin_runs
+        from fiftyone_qdrant.migration import migrate_builtin_runs
 
         keys = ctx.params.get("brain_keys") or None
-        if keys is not None:
-            unknown = sorted(set(keys) - set(builtin_run_keys(ctx.dataset)))
-            if unknown:
-                raise ValueError("Not runs of the built-in Qdrant backend: %s" % unknown)
         migrated = migrate_builtin_runs(ctx.dataset, brain_keys=keys, **connection_kwargs(ctx))
         ctx.ops.reload_dataset()
         message = "Migrated %d run(s): %s" % (len(migrated), ", ".join(migrated) or "none")
