@@ -54,8 +54,8 @@ unavailable or refused writes: re-run to resume, 130 interrupted.
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where (embedded store by default)")
-    group.add_argument("--path", help="embedded store directory (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH "
-                                      "or ~/.fiftyone/qdrant)")
+    group.add_argument("--path", help="embedded store directory, even when a server URL is configured (default: "
+                                      "$FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH or ~/.fiftyone/qdrant)")
     group.add_argument("--url", help="Qdrant server URL (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL or "
                                      "~/.fiftyone/brain_config.json)")
     group.add_argument("--api-key", help="Qdrant API key (default: $FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY or "

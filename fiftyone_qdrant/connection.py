@@ -100,11 +100,19 @@ class ConnectionSettings:
 
 
 def resolve_settings(**given) -> ConnectionSettings:
-    """Settings from ``given`` (``None`` values ignored), the rest from the
-    brain config (environment, brain_config.json), as a brain run gets them."""
+    """Settings for tools (sink, listing, App operators): ``given`` (``None``
+    values ignored), the rest from the brain config (environment,
+    brain_config.json) as a brain run gets them.
+
+    A ``path`` given without a ``url`` names an embedded store: a URL in the
+    brain config does not redirect it to a server (and FiftyOne, slow to
+    import, is then not needed)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if given.get("path") and not given.get("url"):
+        return ConnectionSettings(path=given["path"])
     from .similarity import QdrantSimilarityConfig
 
-    config = QdrantSimilarityConfig(**{k: v for k, v in given.items() if v is not None})
+    config = QdrantSimilarityConfig(**given)
     config.load_credentials()
     return config.connection_settings()
 

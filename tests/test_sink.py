@@ -764,7 +764,8 @@ def test_cli_unreachable_server_stops_with_status_3(tmp_path):
 
 def test_cli_takes_unset_settings_from_brain_config_json(tmp_path):
     """Like a brain run: an embedded path, then a server URL and API key,
-    read from ``brain_config.json`` when no flag or variable sets them."""
+    read from ``brain_config.json`` when no flag or variable sets them; an
+    explicit ``--path`` still writes to that embedded store."""
     data = tmp_path / "in.jsonl"
     data.write_text(line("from_config", 1, [1, 2]) + "\n")
     brain_config = tmp_path / "brain_config.json"
@@ -787,6 +788,12 @@ def test_cli_takes_unset_settings_from_brain_config_json(tmp_path):
     result = sink("--max-retries", "0")
     assert result.returncode == 3, result.stderr
     assert "http://127.0.0.1:9" in result.stderr and key not in result.stderr + result.stdout
+
+    # an explicit --path means the embedded store, whatever URL is configured
+    explicit = tmp_path / "explicit-store"
+    result = sink("--path", str(explicit))
+    assert result.returncode == 0, result.stderr
+    assert list(read_points(str(explicit), "from_config")) == [1]
 
 
 def test_server_errors_never_carry_the_api_key(tmp_path):
