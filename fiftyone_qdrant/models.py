@@ -278,18 +278,17 @@ class _ReloadableModelWarningFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith(self.MESSAGE):
             return True
-        frame = sys._getframe(1)
-        while frame is not None:
-            if frame.f_code.co_name == "compute_similarity" and frame.f_globals.get("__name__") == "fiftyone.brain.similarity":
-                args = frame.f_locals
-                backend = args.get("backend")
-                if backend is None:
-                    import fiftyone.brain as fb
+        from .similarity import compute_similarity_args
 
-                    backend = fb.brain_config.default_similarity_backend
-                return not (backend == "qdrant" and model_spec_of(args.get("_model")) is not None)
-            frame = frame.f_back
-        return True
+        args = compute_similarity_args(sys._getframe(1), max_hops=None)
+        if args is None:
+            return True
+        backend = args.get("backend")
+        if backend is None:
+            import fiftyone.brain as fb
+
+            backend = fb.brain_config.default_similarity_backend
+        return not (backend == "qdrant" and model_spec_of(args.get("_model")) is not None)
 
 
 logging.getLogger("fiftyone.brain.similarity").addFilter(_ReloadableModelWarningFilter())

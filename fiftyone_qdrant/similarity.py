@@ -337,7 +337,7 @@ class QdrantSimilarity(Similarity):
 
     def initialize(self, samples, brain_key):
         index = QdrantSimilarityIndex(samples, self.config, brain_key, backend=self)
-        index._build_from_caller(_caller_compute_similarity_args())
+        index._build_from_caller(compute_similarity_args(sys._getframe(1)))  # our caller's frame
         return index
 
     def cleanup(self, samples, key):
@@ -354,18 +354,21 @@ class QdrantSimilarity(Similarity):
         records.rename(store, self.config.collection_name, samples._root_dataset.name, key, new_key)
 
 
-def _caller_compute_similarity_args() -> Optional[Dict[str, Any]]:
-    """The arguments of ``fiftyone.brain.similarity.compute_similarity`` when
-    it is the caller of ``initialize()``.
+def compute_similarity_args(frame, max_hops: Optional[int] = 0) -> Optional[Dict[str, Any]]:
+    """The arguments of ``fiftyone.brain.similarity.compute_similarity`` if
+    it runs in ``frame`` or, up to ``max_hops`` frames (``None``: any number)
+    above it; else ``None``.
 
     FiftyOne computes model embeddings for the whole dataset in memory and
-    only then calls ``add_to_index``; reading its arguments lets us embed
-    and upsert chunk by chunk instead.
+    only then calls ``add_to_index``; reading its arguments from
+    ``initialize()`` lets us embed and upsert chunk by chunk instead.
     """
-    frame = sys._getframe(2)
-    if frame.f_code.co_name != "compute_similarity" or frame.f_globals.get("__name__") != "fiftyone.brain.similarity":
-        return None
-    return dict(frame.f_locals)
+    hops = 0
+    while frame is not None and (max_hops is None or hops <= max_hops):
+        if frame.f_code.co_name == "compute_similarity" and frame.f_globals.get("__name__") == "fiftyone.brain.similarity":
+            return dict(frame.f_locals)
+        frame, hops = frame.f_back, hops + 1
+    return None
 
 
 class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):

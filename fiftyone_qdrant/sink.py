@@ -80,6 +80,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Union,
 )
@@ -382,6 +383,21 @@ class CollectionSchema:
     def sparse_names(self) -> List[str]:
         return [n for n, s in self.vectors.items() if s.kind == "sparse"]
 
+    def dense_config(self, params: Callable[[VectorShape], Any]) -> Any:
+        """An engine's dense vectors config: ``params`` of the unnamed
+        vector, else a map of name -> ``params`` (``None`` if there are none)."""
+        if "" in self.vectors:
+            return params(self.vectors[""])
+        return {n: params(s) for n, s in self.dense_items()} or None
+
+
+def _engine_vectors(vectors: Dict[str, Any], make_sparse: Callable[[SparseVector], Any]) -> Any:
+    """A record's vectors as an engine takes them: the unnamed dense list,
+    else a map with sparse vectors made by ``make_sparse``."""
+    if "" in vectors:
+        return vectors[""]
+    return {n: make_sparse(v) if isinstance(v, SparseVector) else v for n, v in vectors.items()}
+
 
 # ---------------------------------------------------------------------------
 # Targets: the embedded store or a server
@@ -481,19 +497,14 @@ class EmbeddedTarget(Target):
                 size=shape.size, distance=EDGE_DISTANCES[schema.distance], multivector_config=multi
             )
 
-        dense = schema.dense_items()
         sparse = schema.sparse_names()
-        if "" in schema.vectors:
-            vectors: Any = params(schema.vectors[""])
-        else:
-            vectors = {n: params(s) for n, s in dense} or None
         edge_config = qe.EdgeConfig(
-            vectors=vectors,
+            vectors=schema.dense_config(params),
             sparse_vectors={n: qe.EdgeSparseVectorParams() for n in sparse} or None,
             wal_enabled=False,
         )
         described = {}  # collection.json, read by the FiftyOne side
-        for n, s in dense:
+        for n, s in schema.dense_items():
             described[n] = {"size": s.size, "metric": schema.distance}
             if s.kind == "multi":
                 described[n]["multivector"] = "max_sim"
@@ -509,15 +520,10 @@ class EmbeddedTarget(Target):
     def upsert(self, name: str, records: Sequence[SinkRecord]) -> None:
         import qdrant_edge as qe
 
-        def vector(vectors: Dict[str, Any]):
-            if "" in vectors:
-                return vectors[""]
-            return {
-                n: qe.SparseVector(v.indices, v.values) if isinstance(v, SparseVector) else v
-                for n, v in vectors.items()
-            }
+        def sparse(v: SparseVector):
+            return qe.SparseVector(v.indices, v.values)
 
-        points = [qe.Point(r.point_id, vector(r.vectors), r.payload) for r in records]
+        points = [qe.Point(r.point_id, _engine_vectors(r.vectors, sparse), r.payload) for r in records]
         self.store.upsert_points(name, points)
 
     def delete(self, name: str, point_ids: Sequence[PointId]) -> None:
@@ -587,14 +593,10 @@ class ServerTarget(Target):
             )
             return qm.VectorParams(size=shape.size, distance=DISTANCES[schema.distance], multivector_config=multi)
 
-        if "" in schema.vectors:
-            vectors_config: Any = params(schema.vectors[""])
-        else:
-            vectors_config = {n: params(s) for n, s in schema.dense_items()}
         try:
             self.client.create_collection(
                 collection_name=name,
-                vectors_config=vectors_config,
+                vectors_config=schema.dense_config(params) or {},
                 sparse_vectors_config={n: qm.SparseVectorParams() for n in schema.sparse_names()} or None,
                 metadata=_collection_metadata(),
             )
@@ -610,15 +612,11 @@ class ServerTarget(Target):
     def upsert(self, name: str, records: Sequence[SinkRecord]) -> None:
         from qdrant_client import models as qm
 
-        def vector(vectors: Dict[str, Any]):
-            if "" in vectors:
-                return vectors[""]
-            return {
-                n: qm.SparseVector(indices=v.indices, values=v.values) if isinstance(v, SparseVector) else v
-                for n, v in vectors.items()
-            }
+        def sparse(v: SparseVector):
+            return qm.SparseVector(indices=v.indices, values=v.values)
 
-        points = [qm.PointStruct(id=r.point_id, vector=vector(r.vectors), payload=r.payload) for r in records]
+        points = [qm.PointStruct(id=r.point_id, vector=_engine_vectors(r.vectors, sparse), payload=r.payload)
+                  for r in records]
         try:
             self.client.upsert(collection_name=name, points=points, wait=True)
         except Exception as e:
@@ -1178,6 +1176,7 @@ class QdrantSink:
         self._sleep = sleep
         self._dead_letters = DeadLetterFile(dead_letter_path)
         self._schemas: Dict[str, CollectionSchema] = {}
+        self._valid_names: Set[str] = set()  # collection names checked once
         self._batches: Dict[str, _Batch] = {}
         # offsets of the current source in read order, with the batch that
         # holds each record (None once written or dead-lettered)
@@ -1309,7 +1308,9 @@ class QdrantSink:
         record: Optional[SinkRecord] = None
         try:
             record = parse_record(line)
-            self.target.check_collection_name(record.collection_name)
+            if record.collection_name not in self._valid_names:
+                self.target.check_collection_name(record.collection_name)
+                self._valid_names.add(record.collection_name)
             if not record.is_delete:
                 reason = self._schema_for(record).mismatch(record)
                 if reason is not None:
