@@ -107,6 +107,7 @@ def build_model(args, checkpoint_dir: str) -> models.ResolvedModel:
 
 
 def time_ours(dataset, resolved, batch_size, num_workers, half_precision=None):
+    """Seconds, embeddings and the loader workers used (``None``: ours choose)."""
     start = time.perf_counter()
     iterator = models.iter_embedding_batches(
         dataset, resolved, batch_size=batch_size, num_workers=num_workers, half_precision=half_precision
@@ -114,7 +115,7 @@ def time_ours(dataset, resolved, batch_size, num_workers, half_precision=None):
     embeddings = np.concatenate([batch.embeddings for batch in iterator])
     if resolved.device.type == "cuda":
         torch.cuda.synchronize(resolved.device)
-    return time.perf_counter() - start, embeddings
+    return time.perf_counter() - start, embeddings, iterator.num_workers
 
 
 def time_fiftyone(dataset, resolved, batch_size, num_workers):
@@ -129,7 +130,8 @@ def main() -> int:
     parser.add_argument("--num-images", type=int, default=None, help="default: 160 for ViT-B-32 on CPU, 2000 otherwise")
     parser.add_argument("--image-size", type=int, default=320, help="side of the generated PNGs")
     parser.add_argument("--batch-size", type=int, default=None, help="ours; default 32 on CPU, 128 on CUDA")
-    parser.add_argument("--num-workers", type=int, default=None, help="ours; default FiftyOne's recommendation")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="loader workers; default: ours choose from the first batch, FiftyOne's recommendation")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the model (default: torch's)")
     parser.add_argument("--cpu-bf16", action="store_true", help="also time ours with half_precision=True (bf16) on CPU")
@@ -159,18 +161,23 @@ def main() -> int:
 
     results = []
     with GpuUtilizationSampler(resolved.device) if on_cuda else contextlib.nullcontext() as sampler:
-        seconds, ours = time_ours(dataset, resolved, batch_size, num_workers)
-    label = "fiftyone_qdrant iter_embedding_batches" + (" (fp16 autocast)" if on_cuda else "")
-    results.append((label, seconds))
+        seconds, ours, ours_workers = time_ours(dataset, resolved, batch_size, args.num_workers)
+    label = "fiftyone_qdrant iter_embedding_batches (num_workers=%d%s)" % (
+        ours_workers, "" if args.num_workers is not None else ", chosen")
+    results.append((label + (" fp16 autocast" if on_cuda else ""), seconds))
     if on_cuda:
-        seconds, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=False)
+        seconds, _, _ = time_ours(dataset, resolved, batch_size, args.num_workers, half_precision=False)
         results.append(("fiftyone_qdrant iter_embedding_batches (fp32)", seconds))
     elif args.cpu_bf16:
-        seconds, _ = time_ours(dataset, resolved, batch_size, num_workers, half_precision=True)
+        seconds, _, _ = time_ours(dataset, resolved, batch_size, args.num_workers, half_precision=True)
         results.append(("fiftyone_qdrant iter_embedding_batches (bf16 autocast, opt-in)", seconds))
 
     seconds, theirs = time_fiftyone(dataset, resolved, batch_size, num_workers)
     results.append(("FiftyOne compute_embeddings (batch_size=%d, num_workers=%d)" % (batch_size, num_workers), seconds))
+    if ours_workers != num_workers:  # FiftyOne with the worker count ours chose, too
+        seconds, _ = time_fiftyone(dataset, resolved, batch_size, ours_workers)
+        results.append(("FiftyOne compute_embeddings (batch_size=%d, num_workers=%d)" % (batch_size, ours_workers),
+                        seconds))
     cosine = np.sum(_normalize(ours) * _normalize(theirs), axis=1)
     if not args.skip_fiftyone_defaults:
         seconds, _ = time_fiftyone(dataset, resolved, None, None)

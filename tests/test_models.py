@@ -16,6 +16,7 @@ from PIL import Image
 
 import fiftyone as fo
 import fiftyone.utils.open_clip as fouoc
+import fiftyone.utils.torch as fout
 
 import tiny_clip
 from fiftyone_qdrant import models
@@ -193,10 +194,12 @@ def test_cuda_half_precision_matches_cpu(tiny, resolved, shapes_dataset):
 # -- streaming embeddings -----------------------------------------------------
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize("num_workers", [0, 1, None])  # None: the first batch picks 0 or the recommended count
 def test_iter_embedding_batches_matches_embed_all(resolved, shapes_dataset, num_workers):
     iterator = models.iter_embedding_batches(shapes_dataset, resolved, batch_size=10, num_workers=num_workers)
     batches = list(iterator)
+    if num_workers is None:
+        assert iterator.num_workers in (0, fout.recommend_num_workers(None))
     assert [len(batch) for batch in batches] == [10, 10, 7]
     assert all(batch.label_ids is None and batch.embeddings.dtype == np.float32 for batch in batches)
     embeddings, sample_ids = _all_rows(batches)
@@ -206,6 +209,25 @@ def test_iter_embedding_batches_matches_embed_all(resolved, shapes_dataset, num_
     images = [Image.open(path).convert("RGB") for path in shapes_dataset.values("filepath")]
     expected = resolved.model.embed_all(images)  # FiftyOne's own path
     np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+
+
+def test_the_first_batch_decides_whether_loader_workers_pay_off(resolved, shapes_dataset, tmp_path):
+    # per-batch costs measured by benchmarks/bench_embedding.py on 2 cores, 1 worker
+    vit_b_32 = dict(decode_s=0.1, forward_s=1.4, workers=1, all_threads=2, threads_beside=1)
+    tiny = dict(decode_s=0.05, forward_s=0.02, workers=1, all_threads=2, threads_beside=1)
+    assert not models._workers_pay_off(**vit_b_32) and models._workers_pay_off(**tiny)
+
+    # an unreadable first batch leaves nothing to time: the rest still streams
+    dataset = fo.Dataset()
+    try:
+        dataset.add_samples([fo.Sample(filepath=str(tmp_path / ("missing-%d.png" % i))) for i in range(4)])
+        dataset.add_samples([fo.Sample(filepath=path) for path in shapes_dataset.values("filepath")])
+        iterator = models.iter_embedding_batches(dataset, resolved, batch_size=4)
+        batches = list(iterator)
+        assert [failure.sample_id for failure in iterator.failures] == dataset.values("id")[:4]
+        assert [sid for batch in batches for sid in batch.sample_ids] == dataset.values("id")[4:]
+    finally:
+        dataset.delete()
 
 
 def test_cpu_bfloat16_is_opt_in(resolved, shapes_dataset):
