@@ -30,11 +30,11 @@ from typing import Callable, List, Optional
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [_REPO_ROOT, os.path.join(_REPO_ROOT, "tests")]
 
-from scratch import make_scratch_dir  # noqa: E402
+from scratch import make_scratch_dir, start_private_mongod  # noqa: E402
 
-# Images, checkpoint and database, all removed at exit
+# Images, checkpoint and a database of our own, all removed at exit
 _WORK_DIR = make_scratch_dir("embedding-bench-")
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(_WORK_DIR, "db"))
+start_private_mongod(os.path.join(_WORK_DIR, "db"))
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"

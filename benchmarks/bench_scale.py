@@ -34,7 +34,6 @@ Prints one table and writes JSON to ``benchmarks/results/<date>_<host>.json``.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import gc
 import json
@@ -42,20 +41,17 @@ import os
 import platform
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
 
-import socket as _socket
-import subprocess
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from scratch import make_scratch_dir, start_private_mongod, stop_mongod  # noqa: E402
 
 # FiftyOne reads these at import time
-_TMP = tempfile.mkdtemp(prefix="fiftyone-qdrant-bench-")
-atexit.register(shutil.rmtree, _TMP, True)  # runs last (after mongod stops)
-os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(_TMP, "db")
+_TMP = make_scratch_dir("fiftyone-qdrant-bench-")  # removed at exit, after mongod stops
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
@@ -63,56 +59,6 @@ os.environ["FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH"] = os.path.join(_TMP, "qdrant
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-
-_MONGOD = None
-
-
-def start_private_mongod():
-    """Our own mongod on a free port, used through FIFTYONE_DATABASE_URI.
-
-    FiftyOne's database *service* attaches to any running FiftyOne database
-    service on the machine, whatever FIFTYONE_DATABASE_DIR says, so a
-    benchmark could otherwise run against (and shut down) the database of
-    another FiftyOne process, e.g. a test session."""
-    global _MONGOD
-    import importlib.util
-
-    if os.environ.get("FIFTYONE_DATABASE_URI"):
-        return  # the caller chose a database
-    spec = importlib.util.find_spec("fiftyone")
-    mongod = os.path.join(list(spec.submodule_search_locations)[0], "db", "bin", "mongod")
-    with _socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    db_dir = os.path.join(_TMP, "db")
-    os.makedirs(db_dir, exist_ok=True)
-    _MONGOD = subprocess.Popen(
-        [mongod, "--dbpath", db_dir, "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket",
-         "--logpath", os.path.join(_TMP, "mongod.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with _socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if _MONGOD.poll() is not None:
-                raise RuntimeError("mongod exited with %s; see %s" % (_MONGOD.returncode, os.path.join(_TMP, "mongod.log")))
-            time.sleep(0.2)
-    os.environ["FIFTYONE_DATABASE_URI"] = "mongodb://127.0.0.1:%d" % port
-    import atexit
-
-    atexit.register(stop_private_mongod)  # also when a run fails
-
-
-def stop_private_mongod():
-    if _MONGOD is not None and _MONGOD.poll() is None:
-        _MONGOD.terminate()
-        try:
-            _MONGOD.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            _MONGOD.kill()
 
 DIM = 512
 K = 10
@@ -706,7 +652,7 @@ def main(argv=None):
         sizes.append(1000000)
     args.optimize_sizes = {int(s) for s in args.optimize_sizes.split(",") if s}
 
-    start_private_mongod()
+    mongod = start_private_mongod(os.path.join(_TMP, "db"))  # FiftyOne's service could share another's
     sampler = RSSSampler()
     started = time.time()
     report = {"machine": machine_info(), "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()}}
@@ -749,7 +695,8 @@ def main(argv=None):
         fod._disconnect()
     except Exception:
         pass
-    stop_private_mongod()
+    if mongod is not None:
+        stop_mongod(mongod)
     shutil.rmtree(_TMP, ignore_errors=True)
     return 0
 

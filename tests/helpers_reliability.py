@@ -4,7 +4,7 @@ The tests start :func:`child` in a process of a ``forkserver`` context that
 preloads this module (so FiftyOne is imported once, not once per crash),
 or run ``python helpers_reliability.py '<json spec>'`` by hand. Either
 way the process inherits the test session's environment
-(``FIFTYONE_DATABASE_DIR`` ...): it talks to the same MongoDB and opens the
+(``FIFTYONE_DATABASE_URI`` ...): it talks to the same MongoDB and opens the
 same embedded Qdrant store as the test. Importing FiftyOne opens no
 database connection: each process connects on first use.
 

@@ -9,7 +9,7 @@
 
 Crash and concurrency tests run the other side in a subprocess
 (``helpers_reliability.py``) that shares this session's MongoDB
-(``FIFTYONE_DATABASE_DIR``) and the test's embedded store path.
+(``FIFTYONE_DATABASE_URI``) and the test's embedded store path.
 """
 
 import collections
