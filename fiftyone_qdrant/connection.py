@@ -99,16 +99,17 @@ class ConnectionSettings:
         )
 
 
-def resolve_settings(**given) -> ConnectionSettings:
-    """Settings for tools (sink, listing, App operators): ``given`` (``None``
-    values ignored), the rest from the brain config (environment,
-    brain_config.json) as a brain run gets them.
+def resolve_settings(path_means_embedded: bool = True, **given) -> ConnectionSettings:
+    """Settings from ``given`` (``None`` values ignored), the rest from the
+    brain config (environment, brain_config.json) as a brain run gets them.
 
-    A ``path`` given without a ``url`` names an embedded store: a URL in the
-    brain config does not redirect it to a server (and FiftyOne, slow to
-    import, is then not needed)."""
+    For tools (sink, listing, App operators), a ``path`` given without a
+    ``url`` names an embedded store: a URL in the brain config does not
+    redirect it to a server (and FiftyOne, slow to import, is then not
+    needed). ``path_means_embedded=False`` resolves exactly as
+    ``compute_similarity()`` does, where a configured URL wins."""
     given = {k: v for k, v in given.items() if v is not None}
-    if given.get("path") and not given.get("url"):
+    if path_means_embedded and given.get("path") and not given.get("url"):
         return ConnectionSettings(path=given["path"])
     from .similarity import QdrantSimilarityConfig
 

@@ -8,6 +8,7 @@ small colour/layout descriptors so that "similar" is easy to see.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 
@@ -78,11 +79,13 @@ def tour(workdir: str, store: str) -> None:
     embeddings = np.stack([describe(p) for p, _ in items])
     ids = dataset.values("id")
 
-    print("1. Build a Qdrant index (embedded store at %s)" % store)
+    print("1. Build a Qdrant index")
     index = fob.compute_similarity(
         dataset, embeddings=embeddings, backend="qdrant", brain_key="qdrant_example", path=store
     )
-    print("   indexed %d samples in collection %r" % (index.total_index_size, index.collection_name))
+    # a URL in the brain config (env or brain_config.json) wins over `path`
+    where = index.config.connection_settings()
+    print("   indexed %d samples in collection %r, %s" % (index.total_index_size, index.collection_name, where.describe()))
 
     red = dataset.match(fo.ViewField("ground_truth.label") == "red").first()
     print("2. Query by id: 5 most similar to a red circle")
@@ -106,7 +109,8 @@ def tour(workdir: str, store: str) -> None:
 
     from fiftyone_qdrant import list_indexes
 
-    print("5. Indexes in the store:", [(i["collection_name"], i["size"]) for i in list_indexes(path=store)])
+    indexes = list_indexes(**dataclasses.asdict(where))
+    print("5. Indexes in the store:", [(i["collection_name"], i["size"]) for i in indexes])
 
     print("6. Clean up")
     index.cleanup()

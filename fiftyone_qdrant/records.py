@@ -112,7 +112,8 @@ def list_indexes(**connection) -> List[Dict[str, Any]]:
     Args:
         **connection: ``path`` for an embedded store (default
             ``~/.fiftyone/qdrant``) or ``url``/``api_key``/... for a server;
-            unset values come from the brain config / environment
+            unset values come from the brain config / environment, except
+            that a ``path`` without a ``url`` always names an embedded store
     """
     store = resolve_settings(**connection).open()
     out = []
@@ -133,7 +134,8 @@ def attach_index(dataset, collection_name: str, brain_key: Optional[str] = None,
     vectors). Returns the :class:`QdrantSimilarityIndex`."""
     import fiftyone.brain as fob
 
-    store = resolve_settings(**connection).open()
+    # where compute_similarity() below will look, configured URL included
+    store = resolve_settings(path_means_embedded=False, **connection).open()
     if not store.collection_exists(collection_name):
         raise CollectionNotFoundError(
             "Qdrant collection '%s' does not exist in the %s; see list_indexes()" % (collection_name, store.location)
