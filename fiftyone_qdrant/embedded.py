@@ -6,6 +6,8 @@ Layout of a store (default ``~/.fiftyone/qdrant``)::
     <root>/collections/<name>/collection.json   vector config + metadata
     <root>/collections/<name>/version           bumped after every write
     <root>/collections/<name>/lock              fcntl lock file
+    <root>/collections/<name>/stale-close-backup/   only while (or if killed
+                                                while) a stale handle closes
 
 The FiftyOne App server is another process that opens the same store while a
 notebook still holds it, so shards are created without a WAL (a second
@@ -91,6 +93,104 @@ def _close_shards_at_exit() -> None:
             pass
 
 
+# -- closing a stale handle without losing newer data ---------------------------
+
+_SWAP_BACKUP = "stale-close-backup"
+# Data that qdrant-edge memory-maps shared: a stale close leaves it as is
+# (checked: vectors chunks, payload pages, deleted flags), and it is most
+# of the shard's size, so it is not copied
+_BULK_FILE_RE = re.compile(r"^(chunk_\d+\.mmap|page_\d+\.dat|flags_\w+\.dat)$")
+
+
+def _shard_files(shard_dir: str) -> Dict[str, float]:
+    """Every file of the shard, relative path -> mtime; directories end with '/'."""
+    found: Dict[str, float] = {}
+    for root, dirs, files in os.walk(shard_dir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, shard_dir) + ("/" if name in dirs else "")
+            try:
+                found[relative] = os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _stale_close_guard(directory: str, shard_dir: str, changed_since: float) -> Iterator[None]:
+    """Around closing a stale handle: first a backup of every shard file
+    written since that handle was loaded (its close would write them back
+    with old content), then, after the close, that content written back
+    and anything the close created removed. The backup is complete before
+    it is named, so a process killed before the end leaves a backup that the
+    next loader applies (:func:`_finish_swap`). Callers hold the exclusive lock.
+    """
+    backup = os.path.join(directory, _SWAP_BACKUP)
+    staging = backup + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    files = _shard_files(shard_dir)
+    saved = [
+        relative for relative, mtime in files.items()
+        if not relative.endswith("/") and mtime >= changed_since - 1.0
+        and not _BULK_FILE_RE.match(os.path.basename(relative))
+    ]
+    for relative in saved:
+        target = os.path.join(staging, "files", relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(os.path.join(shard_dir, relative), target)
+        with open(target, "rb+") as f:
+            os.fsync(f.fileno())
+    with open(os.path.join(staging, "manifest.json"), "w") as f:
+        json.dump({"paths": sorted(files), "saved": saved}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(staging, backup)
+    _fsync_dir(directory)
+    yield
+    _finish_swap(directory, shard_dir)
+
+
+def _finish_swap(directory: str, shard_dir: str) -> None:
+    """Writes a stale-close backup back into the shard (idempotent), then
+    deletes it; a no-op without one. Callers hold the exclusive lock."""
+    backup = os.path.join(directory, _SWAP_BACKUP)
+    shutil.rmtree(backup + ".tmp", ignore_errors=True)  # never completed: the close never ran
+    try:
+        with open(os.path.join(backup, "manifest.json")) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        return
+    for relative in manifest["saved"]:
+        with open(os.path.join(backup, "files", relative), "rb") as f:
+            content = f.read()
+        path = os.path.join(shard_dir, relative)
+        # in place: a handle may have the file mapped
+        with open(path, "r+b" if os.path.exists(path) else "wb") as f:
+            f.write(content)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+    known = set(manifest["paths"])
+    for relative in sorted(set(_shard_files(shard_dir)) - known, key=len, reverse=True):
+        path = os.path.join(shard_dir, relative)
+        if relative.endswith("/"):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    logger.debug("Stale-close backup of '%s' applied (%d files)", directory, len(manifest["saved"]))
+    shutil.rmtree(backup)
+    _fsync_dir(directory)
+
+
 class _SharedShard:
     """One collection directory, shared safely between processes.
 
@@ -116,6 +216,7 @@ class _SharedShard:
         self._version_path = os.path.join(directory, "version")
         self._shard: Optional[qe.EdgeShard] = None
         self._loaded_version: Optional[str] = None
+        self._loaded_at = 0.0  # time.time() when self._shard was loaded
         self._thread_lock = threading.RLock()
         self._lock_fd: Optional[int] = None
         self._session_depth = 0
@@ -152,20 +253,23 @@ class _SharedShard:
         Closing (or dropping) a stale handle flushes its old in-memory
         state over the newer files (vector count, payload tracker, segment
         version): points stay counted but become unsearchable, for good.
-        So a stale handle is only closed after the new one is loaded, and
-        the new one is flushed right after, which rewrites those files
-        from the current state. Callers hold the exclusive lock.
+        So a stale handle is closed inside :func:`_stale_close_guard`, which
+        writes those files back afterwards, also after a crash in between.
+        Callers hold the exclusive lock.
         """
         self._forget_stats()
         old, self._shard = self._shard, None
         if old is not None and own:
             old.close()
             old = None
+        _finish_swap(self.directory, self.shard_dir)  # a process killed mid-swap left a backup
+        loading_at = time.time()
         new = qe.EdgeShard.load(self.shard_dir)
         if old is not None:
-            old.close()
-            new.flush()
+            with _stale_close_guard(self.directory, self.shard_dir, changed_since=self._loaded_at):
+                old.close()
         self._shard = new
+        self._loaded_at = loading_at
         return new
 
     def _is_fresh(self) -> bool:
@@ -231,6 +335,8 @@ class _SharedShard:
     def _begin(self) -> None:
         if not self._is_fresh():
             self._load()
+        else:  # a backup left by a crash holds the current state: apply it before writing past it
+            _finish_swap(self.directory, self.shard_dir)
         # Bumped first: if this process dies mid-session, every other
         # process reloads instead of trusting its in-memory state
         self._bump_version()

@@ -338,15 +338,31 @@ print(store.count("c"), len(store.query_batch("c", np.ones((1, 8)), 10000)[0]), 
 sys.stdin.readline()
 if sys.argv[2] == "close":
     store.close()
+elif sys.argv[2] == "killed-mid-swap":
+    import contextlib, os
+    import fiftyone_qdrant.embedded as embedded
+    real_guard = embedded._stale_close_guard
+
+    @contextlib.contextmanager
+    def guard_then_die(*args, **kwargs):
+        with real_guard(*args, **kwargs):  # the backup is made
+            yield  # the stale handle is closed: its old state is on disk now
+            os._exit(9)  # killed before the newer files are written back
+
+    embedded._stale_close_guard = guard_then_die
+    store.count("c")  # a read after the writer's: the stale handle is swapped
 # else: exit with the handle open (interpreter teardown)
 """
 
 
-@pytest.mark.parametrize("how", ["close", "exit"])
+@pytest.mark.parametrize("how", ["close", "exit", "killed-mid-swap"])
 def test_stale_store_handle_closed_or_dropped_never_overwrites_newer_data(tmp_path, how):
     """Engine-level guard: a process that loaded the shard, then closes it
     (or just exits) after another process wrote, must not flush its stale
-    state over the new one (points would stay counted but unsearchable)."""
+    state over the new one (points would stay counted but unsearchable).
+    Also when it is killed right after closing the stale handle, before the
+    newer files are restored: the next process to load restores them (without
+    that, 300 of the 850 points here were unsearchable)."""
     from fiftyone_qdrant.embedded import EmbeddedStore
     from fiftyone_qdrant.engine import CollectionSpec
 
@@ -368,7 +384,7 @@ def test_stale_store_handle_closed_or_dropped_never_overwrites_newer_data(tmp_pa
         writer.close()  # the writer is done (a later flush by it would mask the damage)
         holder.stdin.write("go\n")
         holder.stdin.flush()
-        assert holder.wait(30) == 0, holder.stderr.read()
+        assert holder.wait(30) == (9 if how == "killed-mid-swap" else 0), holder.stderr.read()
     finally:
         if holder.poll() is None:
             holder.kill()
