@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
 import numpy as np
 import qdrant_edge as qe
@@ -124,14 +124,34 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _segment_names(shard_dir: str) -> Set[str]:
+    try:
+        return set(os.listdir(os.path.join(shard_dir, "segments")))
+    except FileNotFoundError:
+        return set()
+
+
+def _may_be_overwritten(relative: str, known_segments: Set[str]) -> bool:
+    """Whether closing a stale handle may write this shard file: it knows
+    only the segments that existed when it was loaded (a segment built later,
+    e.g. an HNSW index, is never touched), and leaves the bulk data alone."""
+    parts = relative.split("/")
+    if parts[0] == "segments" and len(parts) > 2 and parts[1] not in known_segments:
+        return False
+    return not _BULK_FILE_RE.match(parts[-1])
+
+
 @contextlib.contextmanager
-def _stale_close_guard(directory: str, shard_dir: str, changed_since: float) -> Iterator[None]:
+def _stale_close_guard(
+    directory: str, shard_dir: str, changed_since: float, known_segments: Set[str]
+) -> Iterator[None]:
     """Around closing a stale handle: first a backup of every shard file
-    written since that handle was loaded (its close would write them back
-    with old content), then, after the close, that content written back
-    and anything the close created removed. The backup is complete before
-    it is named, so a process killed before the end leaves a backup that the
-    next loader applies (:func:`_finish_swap`). Callers hold the exclusive lock.
+    that its close could write back with old content (written since the
+    handle was loaded, see :func:`_may_be_overwritten`), then, after the
+    close, that content written back and anything the close created
+    removed. The backup is complete before it is named, so a process killed
+    before the end leaves a backup that the next loader applies
+    (:func:`_finish_swap`). Callers hold the exclusive lock.
     """
     backup = os.path.join(directory, _SWAP_BACKUP)
     staging = backup + ".tmp"
@@ -139,8 +159,7 @@ def _stale_close_guard(directory: str, shard_dir: str, changed_since: float) -> 
     files = _shard_files(shard_dir)
     saved = [
         relative for relative, mtime in files.items()
-        if not relative.endswith("/") and mtime >= changed_since - 1.0
-        and not _BULK_FILE_RE.match(os.path.basename(relative))
+        if not relative.endswith("/") and mtime >= changed_since - 1.0 and _may_be_overwritten(relative, known_segments)
     ]
     for relative in saved:
         target = os.path.join(staging, "files", relative)
@@ -216,7 +235,9 @@ class _SharedShard:
         self._version_path = os.path.join(directory, "version")
         self._shard: Optional[qe.EdgeShard] = None
         self._loaded_version: Optional[str] = None
-        self._loaded_at = 0.0  # time.time() when self._shard was loaded
+        # when self._shard was loaded (time.time()), and the segments it knows
+        self._loaded_at = 0.0
+        self._loaded_segments: Set[str] = set()
         self._thread_lock = threading.RLock()
         self._lock_fd: Optional[int] = None
         self._session_depth = 0
@@ -266,10 +287,13 @@ class _SharedShard:
         loading_at = time.time()
         new = qe.EdgeShard.load(self.shard_dir)
         if old is not None:
-            with _stale_close_guard(self.directory, self.shard_dir, changed_since=self._loaded_at):
+            with _stale_close_guard(
+                self.directory, self.shard_dir, changed_since=self._loaded_at, known_segments=self._loaded_segments
+            ):
                 old.close()
         self._shard = new
         self._loaded_at = loading_at
+        self._loaded_segments = _segment_names(self.shard_dir)
         return new
 
     def _is_fresh(self) -> bool:
