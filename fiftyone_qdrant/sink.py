@@ -765,8 +765,6 @@ class Checkpoint:
             os.replace(tmp, self.path)
 
 
-
-
 @dataclasses.dataclass
 class DeadLetter:
     reason: str

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -509,9 +509,10 @@ def missing_collections(dataset, default: Dict[str, Any]) -> List[Dict[str, Any]
     return rows
 
 
-def stores_to_list(ctx) -> List[Dict[str, Any]]:
-    """The store given in the params; else the default store plus the
-    embedded stores that the current dataset's runs use."""
+def stores_to_list(ctx) -> List[Tuple[Dict[str, Any], str]]:
+    """``(connection, description)`` of the store given in the params; else
+    of the default store plus the embedded stores that the current
+    dataset's runs use."""
     conn = connection_kwargs(ctx)
     targets = [conn]
     if not ctx.params.get("path") and not ctx.params.get("url") and ctx.dataset is not None:
@@ -519,13 +520,10 @@ def stores_to_list(ctx) -> List[Dict[str, Any]]:
             target = _run_connection(ctx.dataset, key, conn)
             if target not in targets:
                 targets.append(target)
-    unique, seen = [], set()
+    unique: Dict[str, Dict[str, Any]] = {}
     for target in targets:
-        where = resolve_settings(**target).describe()
-        if where not in seen:
-            seen.add(where)
-            unique.append(target)
-    return unique
+        unique.setdefault(resolve_settings(**target).describe(), target)
+    return [(target, where) for where, target in unique.items()]
 
 
 class ListQdrantIndexes(foo.Operator):
@@ -565,8 +563,7 @@ class ListQdrantIndexes(foo.Operator):
         from fiftyone_qdrant import records
 
         stores, indexes, rows = [], [], []
-        for target in stores_to_list(ctx):
-            where = resolve_settings(**target).describe()
+        for target, where in stores_to_list(ctx):
             found = records.list_indexes(**target)
             for entry in found:
                 entry["store"] = where
