@@ -48,7 +48,7 @@ import time
 from contextlib import contextmanager
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from scratch import make_scratch_dir, start_private_mongod, stop_mongod  # noqa: E402
+from scratch import make_scratch_dir, start_private_mongod  # noqa: E402
 
 # FiftyOne reads these at import time
 _TMP = make_scratch_dir("fiftyone-qdrant-bench-")  # removed at exit, after mongod stops
@@ -652,7 +652,7 @@ def main(argv=None):
         sizes.append(1000000)
     args.optimize_sizes = {int(s) for s in args.optimize_sizes.split(",") if s}
 
-    mongod = start_private_mongod(os.path.join(_TMP, "db"))  # FiftyOne's service could share another's
+    start_private_mongod(os.path.join(_TMP, "db"))  # FiftyOne's service could share another's
     sampler = RSSSampler()
     started = time.time()
     report = {"machine": machine_info(), "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()}}
@@ -685,20 +685,7 @@ def main(argv=None):
     with open(path, "w") as f:
         json.dump(report, f, indent=1, default=float)
     print("\nwrote %s (%.0f s total)" % (path, report["total_seconds"]))
-
-    import fiftyone_qdrant.connection as conn
-
-    conn.close_all()
-    try:
-        import fiftyone.core.odm.database as fod
-
-        fod._disconnect()
-    except Exception:
-        pass
-    if mongod is not None:
-        stop_mongod(mongod)
-    shutil.rmtree(_TMP, ignore_errors=True)
-    return 0
+    return 0  # exit handlers close the stores, stop mongod, then delete _TMP
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     phases = args.phases.split(",")
 
-    mongod = bs.start_private_mongod(os.path.join(bs._TMP, "db"))
+    bs.start_private_mongod(os.path.join(bs._TMP, "db"))
     import fiftyone as fo
     import fiftyone.brain as fob
     from fiftyone import ViewField as F
@@ -91,15 +91,7 @@ def main(argv=None):
 
     results.cleanup()
     dataset.delete()
-    import fiftyone_qdrant.connection as conn
-
-    conn.close_all()
-    if mongod is not None:
-        bs.stop_mongod(mongod)
-    import shutil
-
-    shutil.rmtree(bs._TMP, ignore_errors=True)
-    return 0
+    return 0  # exit handlers close the stores, stop mongod, then delete bs._TMP
 
 
 if __name__ == "__main__":
