@@ -1,4 +1,6 @@
-"""Where an index lives: an embedded store on local disk, or a server.
+"""Where an index lives: the embedded store on local disk (served by a local
+Qdrant service, :mod:`fiftyone_qdrant.service`), or a server. Both are
+reached with ``qdrant_client.QdrantClient`` (:class:`~.server.ServerStore`).
 
 Settings come from kwargs, ``FIFTYONE_BRAIN_SIMILARITY_QDRANT_*`` environment
 variables or ``~/.fiftyone/brain_config.json`` (FiftyOne's brain config
@@ -69,7 +71,7 @@ class ConnectionSettings:
 
     def open(self) -> VectorStore:
         """A store shared by every index of this process with the same
-        settings (one handle per embedded shard per process)."""
+        settings (one client per store per process)."""
         if self.is_embedded:
             key: Tuple = ("embedded", self.store_path)
         else:
@@ -83,11 +85,10 @@ class ConnectionSettings:
 
     def connect(self) -> VectorStore:
         """A new store of the caller's own, which the caller closes."""
-        if self.is_embedded:
-            from .embedded import EmbeddedStore
-
-            return EmbeddedStore(self.store_path)
         from .server import ServerStore
+
+        if self.is_embedded:
+            return ServerStore.local(self.store_path)
 
         return ServerStore(
             self.url,

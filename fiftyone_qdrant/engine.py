@@ -1,11 +1,10 @@
 """The one small interface between the FiftyOne-facing code and a Qdrant
 engine.
 
-Two implementations: :class:`fiftyone_qdrant.embedded.EmbeddedStore`
-(Qdrant's engine in-process via ``qdrant-edge-py``, on local disk, the
-default) and :class:`fiftyone_qdrant.server.ServerStore` (a Qdrant server or
-cluster through ``qdrant-client``). Everything is batch-first: ids and
-vectors travel as lists and ``float32`` arrays, never one point at a time.
+One implementation, :class:`fiftyone_qdrant.server.ServerStore`, which
+reaches a Qdrant server or cluster, or the embedded store's local service,
+through ``qdrant-client``. Everything is batch-first: ids and vectors travel
+as lists and ``float32`` arrays, never one point at a time.
 """
 
 from __future__ import annotations
@@ -13,11 +12,27 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import re
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 METRICS = ("cosine", "dotproduct", "euclidean", "manhattan")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+
+
+def validate_collection_name(name: str) -> str:
+    """Names the embedded store can keep as directory names (no separators,
+    no ``..``); servers accept them all."""
+    from .errors import ConfigError
+
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise ConfigError(
+            "Invalid collection name %r: use 1-255 letters, digits, '_', '-' "
+            "or '.', starting with a letter or digit" % (name,)
+        )
+    return name
 
 # Metrics whose scores grow with similarity (Qdrant returns them sorted
 # descending); for the others the score is a distance (sorted ascending)
@@ -196,18 +211,17 @@ class VectorStore(abc.ABC):
         """Nearest neighbours of each row of ``vectors``, in one engine call."""
 
     def batch(self, name: str) -> ContextManager[None]:
-        """Groups many writes to one collection (embedded stores hold their
-        write lock and consolidate once); a no-op for servers."""
+        """Groups many writes to one collection: they may be pipelined, and
+        are all acknowledged when it exits."""
         return contextlib.nullcontext()
 
     def snapshot(self, name: str) -> ContextManager[None]:
-        """Reads inside see one state of the collection: no other process
-        writes in between (a read of many pages is then never a mix of two
-        states). Writing inside it deadlocks. Servers: no such guarantee."""
+        """Groups the reads of one logical read (many pages). Qdrant gives
+        no cross-request snapshot: pages may see writes made in between."""
         return contextlib.nullcontext()
 
     def optimize(self, name: str) -> None:
-        """Builds indexes (HNSW); servers do this on their own."""
+        """Builds indexes (HNSW) now."""
 
     def close(self) -> None:
         """Releases files/connections."""

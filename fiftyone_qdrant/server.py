@@ -1,15 +1,44 @@
-"""A Qdrant server or cluster, through ``qdrant-client`` (REST or gRPC)."""
+"""Every Qdrant store, through ``qdrant-client``: a server or cluster (REST
+or gRPC), and the embedded store, which is served by a local Qdrant service
+(:mod:`fiftyone_qdrant.service`) on loopback gRPC.
+
+Over gRPC the bulk calls (upsert, scroll, retrieve, query) build and read
+Qdrant's protobuf messages directly from and into numpy, through the
+client's own gRPC stubs: the same wire calls as qdrant-client's methods,
+without a pydantic model per point in between.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import collections
+import contextlib
+import logging
+import threading
+import time
+import warnings
+from typing import Any, Deque, Dict, Iterator, List, Optional
 
+import grpc as grpclib
 import numpy as np
 from qdrant_client import QdrantClient
+from qdrant_client import grpc as pb
 from qdrant_client import models as qm
+from qdrant_client.conversions.conversion import grpc_to_payload, payload_to_grpc
 
 from .engine import CollectionSpec, Hit, IdRestriction, PointRecord, VectorStore, iter_pages
-from .errors import CollectionNotFoundError, ConfigError, ConnectionFailedError
+from .errors import CollectionNotFoundError, ConfigError, ConnectionFailedError, QdrantBackendError
+
+logger = logging.getLogger(__name__)
+
+# Upserts a write session keeps in flight: one being encoded here while the
+# service decodes and indexes the previous one keeps both cores busy
+_MAX_IN_FLIGHT = 2
+_INFO_TTL_S = 2.0
+_GRPC_DISTANCES = {"cosine": pb.Distance.Cosine, "dotproduct": pb.Distance.Dot,
+                   "euclidean": pb.Distance.Euclid, "manhattan": pb.Distance.Manhattan}
+
+# Cluster and WAL settings, which have no meaning for one local shard
+_SERVER_ONLY_KEYS = ("replication_factor", "shard_number", "write_consistency_factor", "wal_config")
 
 DISTANCES = {
     "cosine": qm.Distance.COSINE,
@@ -50,8 +79,46 @@ class ServerStore(VectorStore):
             )
         if error is not None:
             raise error  # outside the except block: nothing chained (see _call)
+        self._init_state(api_key, grpc_enabled=bool(prefer_grpc))
+
+    def _init_state(self, api_key: Optional[str], grpc_enabled: bool, local_root: Optional[str] = None) -> None:
         self._api_key = api_key
         self._keyword_fields: Dict[str, frozenset] = {}
+        self._grpc = grpc_enabled
+        self._local_root = local_root
+        self._in_flight: Deque[Any] = collections.deque()
+        self._session_depth = 0
+        self._info_cache: Dict[str, Any] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def local(cls, root: str) -> "ServerStore":
+        """The embedded store at ``root``, through its local service
+        (started if none runs)."""
+        store = cls.__new__(cls)
+        store.location = "embedded store at '%s'" % root
+        store._init_state(None, grpc_enabled=True, local_root=root)
+        store._connect_local()
+        return store
+
+    @property
+    def is_local(self) -> bool:
+        return self._local_root is not None
+
+    def _connect_local(self) -> None:
+        from .local import ensure_service
+
+        address = ensure_service(self._local_root)
+        with warnings.catch_warnings():
+            # loopback only, and the token is the store's own secret
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure connection")
+            self.client = QdrantClient(
+                host=address.host, grpc_port=address.port, prefer_grpc=True, https=False,
+                api_key=address.token, check_compatibility=False, timeout=600,
+                grpc_options={"grpc.max_send_message_length": 256 << 20,
+                              "grpc.max_receive_message_length": 256 << 20},
+            )
+        self._api_key = address.token
 
     @classmethod
     def from_client(cls, client: QdrantClient, location: str = "Qdrant client") -> "ServerStore":
@@ -60,33 +127,55 @@ class ServerStore(VectorStore):
         store = cls.__new__(cls)
         store.client = client
         store.location = location
-        store._api_key = None
-        store._keyword_fields = {}
+        store._init_state(None, grpc_enabled=False)
         return store
 
     def _call(self, fn, *args, **kwargs):
         """Runs a client call, turning transport failures into one clear
-        error that never carries the API key."""
-        try:
-            return fn(*args, **kwargs)
-        except (CollectionNotFoundError, ConfigError):
-            raise
-        except Exception as e:
-            error = self._translate(e)
-        # Raised outside the except block so that the client's exception,
-        # whose text or response body may echo the API key, is not chained
-        # to ours as __context__
-        raise error
+        error that never carries the API key. On the embedded store, a
+        service that went away (killed, or stopped when idle) is started
+        again and the call retried once: every call we make is idempotent."""
+        for attempt in (0, 1):
+            try:
+                return fn(*args, **kwargs)
+            except (CollectionNotFoundError, ConfigError):
+                raise
+            except Exception as e:
+                if attempt == 0 and self.is_local and _grpc_code(e) == "UNAVAILABLE":
+                    logger.info("The local Qdrant service of the %s went away; starting it again", self.location)
+                    self._reconnect()
+                    fn = _rebind(fn, self.client)
+                    continue
+                error = self._translate(e)
+            # Raised outside the except block so that the client's exception,
+            # whose text or response body may echo the API key, is not chained
+            # to ours as __context__
+            raise error
+
+    def _reconnect(self) -> None:
+        with self._lock:
+            old = self.client
+            self._connect_local()
+            try:
+                old.close()
+            except Exception:
+                pass
 
     def _translate(self, e: Exception) -> Exception:
         text = _safe(e, self._api_key)
         # HTTP status or gRPC code, not digits in the text (a port such as
         # 40401 in a connection error is no HTTP 401)
         status = getattr(e, "status_code", None)
-        try:
-            code = getattr(e.code(), "name", None) if callable(getattr(e, "code", None)) else None
-        except Exception:
-            code = None
+        code = _grpc_code(e)
+        if code in ("FAILED_PRECONDITION", "DATA_LOSS", "ALREADY_EXISTS", "INVALID_ARGUMENT", "UNIMPLEMENTED"):
+            details = e.details() if callable(getattr(e, "details", None)) else text
+            return QdrantBackendError("The %s refused the request: %s" % (self.location, details))
+        if code == "RESOURCE_EXHAUSTED":
+            details = e.details() if callable(getattr(e, "details", None)) else text
+            return QdrantBackendError(
+                "The %s is out of resources (%s). Free disk space, then retry: nothing acknowledged was lost"
+                % (self.location, details)
+            )
         if status == 404 or code == "NOT_FOUND" or "Not found" in text or "doesn't exist" in text:
             return CollectionNotFoundError("Qdrant collection not found on the %s: %s" % (self.location, text))
         if status in (401, 403) or code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
@@ -109,6 +198,13 @@ class ServerStore(VectorStore):
         return bool(self._call(self.client.collection_exists, name))
 
     def create_collection(self, name, spec, metadata, keyword_fields=()) -> None:
+        if self.is_local:
+            ignored = [k for k in _SERVER_ONLY_KEYS if getattr(spec, k) is not None]
+            if ignored:
+                logger.warning(
+                    "%s only apply to a Qdrant server: the embedded store (one shard on local disk) "
+                    "ignores them for collection '%s'", ", ".join("`%s`" % k for k in ignored), name,
+                )
         params = qm.VectorParams(size=spec.dimension, distance=DISTANCES[spec.metric])
         vectors = {spec.vector_name: params} if spec.vector_name else params
         self._call(
@@ -189,17 +285,69 @@ class ServerStore(VectorStore):
     # -- points -------------------------------------------------------------
 
     def upsert(self, name, ids, vectors, payloads, vector_name=None) -> None:
-        rows = np.asarray(vectors, dtype=np.float32).tolist()
-        if vector_name:
-            rows = {vector_name: rows}
-        self._call(
-            self.client.upsert,
-            collection_name=name,
-            points=qm.Batch(ids=list(ids), vectors=rows, payloads=list(payloads)),
-            wait=True,
-        )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if not self._grpc:
+            rows = vectors.tolist()
+            self._call(
+                self.client.upsert,
+                collection_name=name,
+                points=qm.Batch(ids=list(ids), vectors={vector_name: rows} if vector_name else rows,
+                                payloads=list(payloads)),
+                wait=True,
+            )
+            return
+        request = pb.UpsertPoints(collection_name=name, wait=True, points=_grpc_points(ids, vectors, payloads, vector_name))
+        if self._session_depth:
+            self._send_pipelined(request)
+        else:
+            self._call(lambda: self.client.grpc_points.Upsert(request, timeout=self._timeout()))
+
+    def _timeout(self) -> Optional[float]:
+        return getattr(getattr(self.client, "_client", None), "_timeout", None)
+
+    def _send_pipelined(self, request) -> None:
+        """Inside a write session: the request goes out now and is waited
+        for later (at most _MAX_IN_FLIGHT outstanding), so encoding the next
+        batch here overlaps indexing this one there."""
+        while len(self._in_flight) >= _MAX_IN_FLIGHT:
+            self._wait_oldest()
+        future = self._call(lambda: self.client.grpc_points.Upsert.future(request, timeout=self._timeout()))
+        self._in_flight.append((future, request))
+
+    def _wait_oldest(self) -> None:
+        future, request = self._in_flight.popleft()
+        try:
+            self._call(future.result)
+        except ConnectionFailedError:
+            # the service restarted under us (a retry reconnected): resend
+            if not self.is_local:
+                raise
+            self._call(lambda: self.client.grpc_points.Upsert(request, timeout=self._timeout()))
+
+    @contextlib.contextmanager
+    def batch(self, name: str) -> Iterator[None]:
+        """A write session: upserts are pipelined, and all acknowledged
+        (durable) when it exits."""
+        self._session_depth += 1
+        try:
+            yield
+        finally:
+            self._session_depth -= 1
+            if self._session_depth == 0:
+                self._drain()
+
+    def _drain(self) -> None:
+        error = None
+        while self._in_flight:
+            try:
+                self._wait_oldest()
+            except Exception as e:  # wait for every request before raising
+                error = error or e
+        if error is not None:
+            raise error
 
     def delete(self, name, ids) -> None:
+        self._drain()
         self._call(
             self.client.delete,
             collection_name=name,
@@ -208,6 +356,13 @@ class ServerStore(VectorStore):
         )
 
     def retrieve(self, name, ids, with_vectors=False, vector_name=None) -> List[PointRecord]:
+        if self._grpc:
+            request = pb.GetPoints(
+                collection_name=name, ids=[pb.PointId(uuid=i) if isinstance(i, str) else pb.PointId(num=i) for i in ids],
+                with_payload=pb.WithPayloadSelector(enable=True), with_vectors=_grpc_with_vectors(with_vectors, vector_name),
+            )
+            response = self._call(lambda: self.client.grpc_points.Get(request, timeout=self._timeout()))
+            return [_grpc_record(p, with_vectors, vector_name) for p in response.result]
         records = self._call(
             self.client.retrieve,
             collection_name=name,
@@ -221,26 +376,89 @@ class ServerStore(VectorStore):
         return self._call(self.client.count, collection_name=name, exact=True).count
 
     def revision(self, name) -> Optional[str]:
-        # Servers expose no change counter; the exact count changes with
+        # Qdrant exposes no change counter; the exact count changes with
         # every add/remove, which is what the id cache depends on
         return str(self.count(name))
 
+    def _cached_info(self, name: str):
+        hit = self._info_cache.get(name)
+        if hit is not None and time.monotonic() - hit[0] < _INFO_TTL_S:
+            return hit[1]
+        info = self._info(name)
+        self._info_cache[name] = (time.monotonic(), info)
+        return info
+
+    def searches_exhaustively(self, name: str) -> bool:
+        """Until most vectors are in an HNSW index, a query scores them all
+        (a server indexes a collection once it passes its threshold)."""
+        info = self._cached_info(name)
+        return (info.indexed_vectors_count or 0) < (info.points_count or 0) / 2
+
+    def optimize(self, name: str) -> None:
+        """Builds the HNSW index now: an optimizer update makes Qdrant
+        re-plan its optimizations; the local service runs them before it
+        answers, a server in the background."""
+        self._drain()
+        self._info_cache.pop(name, None)
+        self._call(self.client.update_collection, collection_name=name, optimizers_config=qm.OptimizersConfigDiff())
+
     def scroll(self, name, with_vectors=False, page_size=1000, restriction=None, vector_name=None):
-        def fetch_page(offset):
-            return self._call(
-                self.client.scroll,
-                collection_name=name,
-                scroll_filter=_filter(restriction),
-                limit=page_size,
-                offset=offset,
-                with_payload=True,
-                with_vectors=_with_vectors(with_vectors, vector_name),
-            )
+        if self._grpc:
+            query_filter = _grpc_filter(restriction)
+
+            def fetch_page(offset):
+                request = pb.ScrollPoints(
+                    collection_name=name, limit=page_size, with_payload=pb.WithPayloadSelector(enable=True),
+                    with_vectors=_grpc_with_vectors(with_vectors, vector_name),
+                )
+                if query_filter is not None:
+                    request.filter.CopyFrom(query_filter)
+                if offset is not None:
+                    request.offset.CopyFrom(offset)
+                response = self._call(lambda: self.client.grpc_points.Scroll(request, timeout=self._timeout()))
+                records = [_grpc_record(p, with_vectors, vector_name) for p in response.result]
+                return records, (response.next_page_offset if response.HasField("next_page_offset") else None)
+        else:
+            def fetch_page(offset):
+                return self._call(
+                    self.client.scroll,
+                    collection_name=name,
+                    scroll_filter=_filter(restriction),
+                    limit=page_size,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=_with_vectors(with_vectors, vector_name),
+                )
 
         for records in iter_pages(fetch_page):
-            yield [_record(r, with_vectors, vector_name) for r in records]
+            if not self._grpc:
+                records = [_record(r, with_vectors, vector_name) for r in records]
+            yield records
 
     def query_batch(self, name, vectors, limit, restriction=None, score_threshold=None, vector_name=None, search_params=None):
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self._grpc:
+            query_filter = _grpc_filter(restriction)
+            params = pb.SearchParams(**search_params) if search_params else None
+            requests = []
+            for row in vectors.tolist():
+                q = pb.QueryPoints(collection_name=name, limit=limit, with_payload=pb.WithPayloadSelector(enable=True))
+                q.query.nearest.dense.data.extend(row)
+                if vector_name:
+                    q.using = vector_name
+                if query_filter is not None:
+                    q.filter.CopyFrom(query_filter)
+                if score_threshold is not None:
+                    q.score_threshold = score_threshold
+                if params is not None:
+                    q.params.CopyFrom(params)
+                requests.append(q)
+            request = pb.QueryBatchPoints(collection_name=name, query_points=requests)
+            response = self._call(lambda: self.client.grpc_points.QueryBatch(request, timeout=self._timeout()))
+            return [
+                [Hit(_grpc_id(p.id), p.score, grpc_to_payload(p.payload) if p.payload else {}) for p in r.result]
+                for r in response.result
+            ]
         query_filter = _filter(restriction)
         params = qm.SearchParams(**search_params) if search_params else None
         requests = [
@@ -253,13 +471,97 @@ class ServerStore(VectorStore):
                 score_threshold=score_threshold,
                 params=params,
             )
-            for v in np.asarray(vectors, dtype=np.float32).tolist()
+            for v in vectors.tolist()
         ]
         responses = self._call(self.client.query_batch_points, collection_name=name, requests=requests)
         return [[Hit(str(p.id), p.score, p.payload or {}) for p in r.points] for r in responses]
 
     def close(self) -> None:
-        self.client.close()
+        try:
+            self._drain()
+        finally:
+            self.client.close()
+
+
+def _grpc_code(error: BaseException) -> Optional[str]:
+    try:
+        code = error.code() if callable(getattr(error, "code", None)) else None
+    except Exception:
+        return None
+    return getattr(code, "name", None)
+
+
+def _rebind(fn, client):
+    """``fn`` again, on ``client`` if it was a method of the old client
+    (lambdas read ``self.client`` anew by themselves)."""
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, QdrantClient):
+        return getattr(client, fn.__name__)
+    return fn
+
+
+def _grpc_points(ids, vectors: np.ndarray, payloads, vector_name: Optional[str]) -> List[pb.PointStruct]:
+    """Protobuf points straight from a float32 matrix: one ``tolist()`` for
+    the batch, no per-point model objects (5x faster than qdrant-client's
+    model conversion)."""
+    points = []
+    for point_id, row, payload in zip(ids, vectors.tolist(), payloads):
+        p = pb.PointStruct(payload=payload_to_grpc(payload))
+        if isinstance(point_id, str):
+            p.id.uuid = point_id
+        else:
+            p.id.num = point_id
+        if vector_name:
+            p.vectors.vectors.vectors[vector_name].dense.data.extend(row)
+        else:
+            p.vectors.vector.dense.data.extend(row)
+        points.append(p)
+    return points
+
+
+def _grpc_id(pid) -> str:
+    return pid.uuid if pid.WhichOneof("point_id_options") == "uuid" else str(pid.num)
+
+
+def _grpc_with_vectors(with_vectors: bool, vector_name: Optional[str]) -> pb.WithVectorsSelector:
+    if not with_vectors:
+        return pb.WithVectorsSelector(enable=False)
+    if vector_name:
+        return pb.WithVectorsSelector(include=pb.VectorsSelector(names=[vector_name]))
+    return pb.WithVectorsSelector(enable=True)
+
+
+def _grpc_dense(output) -> Optional[np.ndarray]:
+    kind = output.WhichOneof("vector")
+    if kind == "dense":
+        return np.array(output.dense.data, dtype=np.float32)
+    if kind is None and len(output.data) and not output.HasField("indices"):
+        return np.array(output.data, dtype=np.float32)
+    return None  # sparse or multi: not a single dense vector
+
+
+def _grpc_record(p, with_vectors: bool, vector_name: Optional[str]) -> PointRecord:
+    vector = None
+    if with_vectors and p.HasField("vectors"):
+        kind = p.vectors.WhichOneof("vectors_options")
+        if vector_name:
+            named = p.vectors.vectors.vectors if kind == "vectors" else {}
+            vector = _grpc_dense(named[vector_name]) if vector_name in named else None
+        elif kind == "vector":
+            vector = _grpc_dense(p.vectors.vector)
+    return PointRecord(_grpc_id(p.id), vector, grpc_to_payload(p.payload) if p.payload else {})
+
+
+def _grpc_filter(restriction: Optional[IdRestriction]) -> Optional[pb.Filter]:
+    if restriction is None:
+        return None
+    if restriction.field is None:
+        condition = pb.Condition(has_id=pb.HasIdCondition(has_id=[pb.PointId(uuid=v) for v in restriction.values]))
+    else:
+        condition = pb.Condition(field=pb.FieldCondition(
+            key=restriction.field, match=pb.Match(keywords=pb.RepeatedStrings(strings=list(restriction.values)))
+        ))
+    return pb.Filter(must=[condition])
 
 
 def _safe(error: Exception, api_key: Optional[str]) -> str:
@@ -278,8 +580,12 @@ def _with_vectors(with_vectors: bool, vector_name: Optional[str]):
 def _record(r, with_vectors: bool, vector_name: Optional[str]) -> PointRecord:
     vector = None
     if with_vectors and r.vector is not None:
-        v = r.vector[vector_name] if vector_name else r.vector
-        vector = np.asarray(v, dtype=np.float32)
+        if vector_name:  # a point may lack the named vector
+            v = r.vector.get(vector_name) if isinstance(r.vector, dict) else None
+        else:
+            v = None if isinstance(r.vector, dict) else r.vector
+        if isinstance(v, list) and (not v or not isinstance(v[0], list)):  # dense only
+            vector = np.asarray(v, dtype=np.float32)
     return PointRecord(str(r.id), vector, r.payload or {})
 
 

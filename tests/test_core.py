@@ -340,10 +340,10 @@ def test_config_validation_leaves_no_brain_run(dataset_factory, store_path):
 def test_server_only_settings_are_reported_on_the_embedded_store(dataset_factory, store_path, caplog):
     dataset = dataset_factory(5)
     X = random_embeddings(5, 4)
-    with caplog.at_level("WARNING", logger="fiftyone_qdrant.embedded"):
+    with caplog.at_level("WARNING", logger="fiftyone_qdrant.server"):
         index = build(dataset, X, store_path, replication_factor=2, wal_config={"wal_capacity_mb": 64})
     assert index.total_index_size == 5
-    warned = [r.getMessage() for r in caplog.records if r.name == "fiftyone_qdrant.embedded"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "fiftyone_qdrant.server"]
     assert len(warned) == 1
     assert "`replication_factor`, `wal_config` only apply to a Qdrant server" in warned[0]
 

@@ -1,0 +1,156 @@
+"""Finding, starting and stopping the local Qdrant service of a store
+directory (see :mod:`fiftyone_qdrant.service`), the way FiftyOne manages its
+own database service: the first process that needs the store starts it,
+every other process finds it through ``service.json``, and it stops by
+itself once no client process is alive and it has been idle for a while.
+
+Every client process holds a shared lock on ``clients.lock`` for as long as
+it lives (released by the OS even after a SIGKILL), which is how the service
+knows whether anyone may still call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, Optional
+
+from .errors import ConnectionFailedError
+
+SERVICE_FILE = "service.json"
+SERVICE_LOCK = "service.lock"
+CLIENTS_LOCK = "clients.lock"
+SPAWN_LOCK = "spawn.lock"
+LOG_FILE = "service.log"
+START_TIMEOUT_S = 60.0
+
+_client_locks: Dict[str, int] = {}
+_lock = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceAddress:
+    host: str
+    port: int
+    pid: int
+    token: str = dataclasses.field(repr=False)
+
+
+def _is_owned(root: str) -> bool:
+    """Whether a live service holds the store's service lock."""
+    try:
+        fd = os.open(os.path.join(root, SERVICE_LOCK), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def read_address(root: str) -> Optional[ServiceAddress]:
+    """The running service's address, or None when no service is running."""
+    try:
+        with open(os.path.join(root, SERVICE_FILE)) as f:
+            doc = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    if not _is_owned(root):
+        return None
+    return ServiceAddress(doc["host"], int(doc["port"]), int(doc["pid"]), doc["token"])
+
+
+def register_client(root: str) -> None:
+    """Marks this process as a client of the store until it exits."""
+    with _lock:
+        if root in _client_locks:
+            return
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(root, CLIENTS_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.set_inheritable(fd, False)
+        _client_locks[root] = fd
+
+
+def ensure_service(root: str, timeout: float = START_TIMEOUT_S) -> ServiceAddress:
+    """The address of the store's service, started first if none runs."""
+    root = os.path.abspath(root)
+    register_client(root)
+    address = read_address(root)
+    if address is not None:
+        return address
+    fd = os.open(os.path.join(root, SPAWN_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # one starter at a time
+        address = read_address(root)
+        if address is not None:
+            return address
+        return _spawn(root, timeout)
+    finally:
+        os.close(fd)
+
+
+def _spawn(root: str, timeout: float) -> ServiceAddress:
+    log_path = os.path.join(root, LOG_FILE)
+    try:
+        os.remove(os.path.join(root, SERVICE_FILE))  # a dead service's
+    except FileNotFoundError:
+        pass
+    with open(log_path, "ab") as log:
+        os.chmod(log_path, 0o600)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fiftyone_qdrant.service", root],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            start_new_session=True,  # outlives us, and our Ctrl-C
+            close_fds=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        address = read_address(root)
+        if address is not None:
+            return address
+        if process.poll() is not None and not _is_owned(root):
+            break
+        time.sleep(0.02)
+    raise ConnectionFailedError(
+        "The local Qdrant service for the embedded store at '%s' did not start (exit status %s). "
+        "Its log is %s" % (root, process.poll(), log_path)
+    )
+
+
+def stop_service(root: str, timeout: float = 30.0) -> bool:
+    """Stops the store's service (it flushes and closes every shard first);
+    False if none was running."""
+    root = os.path.abspath(root)
+    address = read_address(root)
+    if address is None:
+        return False
+    try:
+        os.kill(address.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _is_owned(root):
+        time.sleep(0.05)
+    return not _is_owned(root)
+
+
+def service_status(root: str) -> Optional[Dict[str, object]]:
+    """What ``fiftyone-qdrant service status`` prints (never the token)."""
+    root = os.path.abspath(root)
+    address = read_address(root)
+    if address is None:
+        return None
+    return {"store": root, "pid": address.pid, "address": "%s:%d" % (address.host, address.port),
+            "log": os.path.join(root, LOG_FILE)}
