@@ -31,7 +31,8 @@ SPAWN_LOCK = "spawn.lock"
 LOG_FILE = "service.log"
 START_TIMEOUT_S = 60.0
 
-_client_locks: Dict[str, int] = {}
+# root -> (descriptor holding the shared lock, number of open stores)
+_client_locks: Dict[str, list] = {}
 _lock = threading.Lock()
 
 
@@ -72,21 +73,35 @@ def read_address(root: str) -> Optional[ServiceAddress]:
 
 
 def register_client(root: str) -> None:
-    """Marks this process as a client of the store until it exits."""
+    """Marks this process as a client of the store until it exits or
+    unregisters as often as it registered."""
     with _lock:
         if root in _client_locks:
+            _client_locks[root][1] += 1
             return
         os.makedirs(root, mode=0o700, exist_ok=True)
         fd = os.open(os.path.join(root, CLIENTS_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_SH)
         os.set_inheritable(fd, False)
-        _client_locks[root] = fd
+        _client_locks[root] = [fd, 1]
+
+
+def unregister_client(root: str) -> None:
+    """One store of this process closed; the last one lets the service
+    stop once it is idle."""
+    with _lock:
+        entry = _client_locks.get(root)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _client_locks[root]
+            os.close(entry[0])  # releases the lock
 
 
 def ensure_service(root: str, timeout: float = START_TIMEOUT_S) -> ServiceAddress:
     """The address of the store's service, started first if none runs."""
     root = os.path.abspath(root)
-    register_client(root)
     address = read_address(root)
     if address is not None:
         return address

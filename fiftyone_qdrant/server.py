@@ -69,8 +69,9 @@ class ServerStore(VectorStore):
             kwargs["https"] = https
         if timeout is not None:
             kwargs["timeout"] = int(timeout) if float(timeout).is_integer() else timeout
+        self._client_kwargs = kwargs
         try:
-            self.client = QdrantClient(**kwargs)
+            self._client = QdrantClient(**kwargs)
             error = None
         except Exception as e:
             error = ConnectionFailedError(
@@ -81,6 +82,20 @@ class ServerStore(VectorStore):
             raise error  # outside the except block: nothing chained (see _call)
         self._init_state(api_key, grpc_enabled=bool(prefer_grpc))
 
+    @property
+    def client(self) -> QdrantClient:
+        """The store's ``QdrantClient``; after :meth:`close`, a new one."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    if self.is_local:
+                        self._connect_local()
+                    elif getattr(self, "_client_kwargs", None) is not None:
+                        self._client = QdrantClient(**self._client_kwargs)
+                    else:
+                        raise ConnectionFailedError("The client of the %s was closed" % self.location)
+        return self._client
+
     def _init_state(self, api_key: Optional[str], grpc_enabled: bool, local_root: Optional[str] = None) -> None:
         self._api_key = api_key
         self._keyword_fields: Dict[str, frozenset] = {}
@@ -90,6 +105,7 @@ class ServerStore(VectorStore):
         self._session_depth = 0
         self._info_cache: Dict[str, Any] = {}
         self._lock = threading.RLock()
+        self._registered = False
 
     @classmethod
     def local(cls, root: str) -> "ServerStore":
@@ -106,13 +122,16 @@ class ServerStore(VectorStore):
         return self._local_root is not None
 
     def _connect_local(self) -> None:
-        from .local import ensure_service
+        from .local import ensure_service, register_client
 
+        if not self._registered:
+            register_client(self._local_root)  # before the service may see no client
+            self._registered = True
         address = ensure_service(self._local_root)
         with warnings.catch_warnings():
             # loopback only, and the token is the store's own secret
             warnings.filterwarnings("ignore", message="Api key is used with an insecure connection")
-            self.client = QdrantClient(
+            self._client = QdrantClient(
                 host=address.host, grpc_port=address.port, prefer_grpc=True, https=False,
                 api_key=address.token, check_compatibility=False, timeout=600,
                 grpc_options={"grpc.max_send_message_length": 256 << 20,
@@ -125,7 +144,7 @@ class ServerStore(VectorStore):
         """Wraps an existing client (e.g. qdrant-client's local mode, which
         speaks the same API as a server)."""
         store = cls.__new__(cls)
-        store.client = client
+        store._client = client
         store.location = location
         store._init_state(None, grpc_enabled=False)
         return store
@@ -153,11 +172,22 @@ class ServerStore(VectorStore):
             raise error
 
     def _reconnect(self) -> None:
+        from .local import read_address
+
         with self._lock:
-            old = self.client
+            old = self._client
+            # a service killed a moment ago may still hold its lock: wait
+            # until it is gone before starting another
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                address = read_address(self._local_root)
+                if address is None or address.token != self._api_key:
+                    break
+                time.sleep(0.05)
             self._connect_local()
             try:
-                old.close()
+                if old is not None:
+                    old.close()
             except Exception:
                 pass
 
@@ -170,6 +200,12 @@ class ServerStore(VectorStore):
         if code in ("FAILED_PRECONDITION", "DATA_LOSS", "ALREADY_EXISTS", "INVALID_ARGUMENT", "UNIMPLEMENTED"):
             details = e.details() if callable(getattr(e, "details", None)) else text
             return QdrantBackendError("The %s refused the request: %s" % (self.location, details))
+        if code == "INTERNAL" and self.is_local:
+            details = e.details() if callable(getattr(e, "details", None)) else text
+            return QdrantBackendError(
+                "The local Qdrant service of the %s failed: %s (its log: %s/service.log)"
+                % (self.location, details, self._local_root)
+            )
         if code == "RESOURCE_EXHAUSTED":
             details = e.details() if callable(getattr(e, "details", None)) else text
             return QdrantBackendError(
@@ -477,10 +513,19 @@ class ServerStore(VectorStore):
         return [[Hit(str(p.id), p.score, p.payload or {}) for p in r.points] for r in responses]
 
     def close(self) -> None:
+        """Releases the connection (and, on the embedded store, this
+        process's claim on the service); a later call opens a new one."""
         try:
             self._drain()
         finally:
-            self.client.close()
+            client, self._client = self._client, None
+            if client is not None:
+                client.close()
+            if self._registered:
+                from .local import unregister_client
+
+                self._registered = False
+                unregister_client(self._local_root)
 
 
 def _grpc_code(error: BaseException) -> Optional[str]:

@@ -56,6 +56,12 @@ FORMAT = 2  # 1: written by the in-process store of fiftyone-qdrant 0.1 (no WAL)
 IDLE_S_ENV = "FIFTYONE_QDRANT_SERVICE_IDLE_S"
 DEFAULT_IDLE_S = 30.0
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# The engine writes through memory maps, and a write into a map that the
+# disk cannot back kills the process (SIGBUS). So a write is refused while
+# free space is below this reserve plus a few times the write's size.
+MIN_FREE_MB_ENV = "FIFTYONE_QDRANT_MIN_FREE_MB"
+DEFAULT_MIN_FREE_MB = 64
+_SPACE_FACTOR = 4
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 
@@ -141,6 +147,22 @@ def edge_config(description: Dict[str, Any]) -> qe.EdgeConfig:
         on_disk_payload=description.get("on_disk_payload"),
         wal_enabled=True,
     )
+
+
+def check_free_space(root: str, write_bytes: int) -> None:
+    """Raises RESOURCE_EXHAUSTED, before anything is written, when the disk
+    holding the store may not have room for a write of ``write_bytes``."""
+    reserve = float(os.environ.get(MIN_FREE_MB_ENV) or DEFAULT_MIN_FREE_MB) * 1024 * 1024
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    needed = reserve + _SPACE_FACTOR * write_bytes
+    if free < needed:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "No space left for this write on the disk of the embedded store at '%s': %.0f MB free, "
+            "the write needs about %.0f MB (including a %.0f MB reserve, $%s). Nothing was written"
+            % (root, free / 2**20, needed / 2**20, reserve / 2**20, MIN_FREE_MB_ENV),
+        )
 
 
 class Collection:
@@ -296,6 +318,7 @@ class Store:
     def create(self, name: str, description: Dict[str, Any], field_indexes: Dict[str, Any]) -> None:
         """Atomic: the collection appears complete or not at all."""
         final_dir = self._dir(name)
+        check_free_space(self.root, 0)
         with self._lock:
             if self.exists(name):
                 raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, "Collection `%s` already exists!" % name)
@@ -545,7 +568,14 @@ def describe_vectors(config: pb.VectorsConfig) -> Dict[str, Dict[str, Any]]:
 
 
 def _diff(message) -> Dict[str, Any]:
-    return {f.name: v for f, v in message.ListFields()}
+    """A config diff as JSON (for collection.json); the engine applies the
+    keys it knows (see edge_config)."""
+    from google.protobuf.json_format import MessageToDict
+
+    return {
+        f.name: MessageToDict(v, preserving_proto_field_name=True) if f.message_type is not None else v
+        for f, v in message.ListFields()
+    }
 
 
 def grpc_vector_params(params: Dict[str, Any]) -> pb.VectorParams:
@@ -718,8 +748,9 @@ def _selected(selector: pb.PointsSelector):
 
 
 class PointsServicer(_Servicer, pb.PointsServicer):
-    def _update(self, name: str, operation) -> pb.PointsOperationResponse:
+    def _update(self, name: str, operation, request_bytes: int = 0) -> pb.PointsOperationResponse:
         c = self.collection(name)
+        check_free_space(self.store.root, request_bytes)
         with c.write_lock:
             c.shard.update(operation)
         return _ok()
@@ -730,7 +761,7 @@ class PointsServicer(_Servicer, pb.PointsServicer):
             raise unimplemented("Points.Upsert with update_filter")
         points = [qe.Point(point_id(p.id), engine_vectors(p.vectors), grpc_to_payload(p.payload) if p.payload else {})
                   for p in request.points]
-        return self._update(request.collection_name, qe.UpdateOperation.upsert_points(points))
+        return self._update(request.collection_name, qe.UpdateOperation.upsert_points(points), request.ByteSize())
 
     @_rpc
     def Delete(self, request, context):
@@ -748,14 +779,14 @@ class PointsServicer(_Servicer, pb.PointsServicer):
     @_rpc
     def SetPayload(self, request, context):
         op = self._payload_op(request, qe.UpdateOperation.set_payload, qe.UpdateOperation.set_payload_by_filter)
-        return self._update(request.collection_name, op)
+        return self._update(request.collection_name, op, request.ByteSize())
 
     @_rpc
     def OverwritePayload(self, request, context):
         op = self._payload_op(
             request, qe.UpdateOperation.overwrite_payload, qe.UpdateOperation.overwrite_payload_by_filter
         )
-        return self._update(request.collection_name, op)
+        return self._update(request.collection_name, op, request.ByteSize())
 
     @_rpc
     def DeletePayload(self, request, context):

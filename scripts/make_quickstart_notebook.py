@@ -239,8 +239,8 @@ print(dataset.sort_by_similarity("a blue triangle", k=3, brain_key="qdrant_index
     ("markdown", """\
 ## Retrieve embeddings, reach the engine
 
-`get_embeddings()` reads vectors back from Qdrant. `client` is the engine itself: an `EdgeShard` for the
-embedded store, a `qdrant_client.QdrantClient` for a server.""", []),
+`get_embeddings()` reads vectors back from Qdrant. `client` is a `qdrant_client.QdrantClient`: on the embedded
+store it talks to the store's local Qdrant service, so everything in Qdrant's own docs works as written.""", []),
     ("code", """\
 embeddings, sample_ids, _ = qdrant_index.get_embeddings(sample_ids=ids[:3])
 print(embeddings.shape, list(sample_ids) == ids[:3])
@@ -248,7 +248,7 @@ print(embeddings.shape, list(sample_ids) == ids[:3])
 embeddings, sample_ids, label_ids = patches_index.get_embeddings(label_ids=patches.values("id")[:4])
 print(embeddings.shape, len(set(sample_ids)), "samples")
 
-print(type(qdrant_index.client).__name__)""", ["embeddings"]),
+print(type(qdrant_index.client).__name__, qdrant_index.client.count(qdrant_index.collection_name).count)""", ["embeddings"]),
     ("markdown", """\
 ## What the store holds
 

@@ -26,13 +26,32 @@ import pytest  # noqa: E402
 import fiftyone as fo  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_local_services(tmp_path_factory):
+    """Every store a test opened has a local Qdrant service: stopped at the
+    end of the session (flushed, closed) rather than left to idle out."""
+    yield
+    import glob
+
+    from fiftyone_qdrant.connection import close_all
+    from fiftyone_qdrant.local import stop_service
+
+    close_all()
+    for root in (str(tmp_path_factory.getbasetemp()), _SESSION_DIR):
+        for service_file in glob.glob(os.path.join(root, "**", "service.json"), recursive=True):
+            stop_service(os.path.dirname(service_file))
+
+
 @pytest.fixture
 def store_path(tmp_path):
     """A fresh embedded Qdrant store for one test."""
-    yield str(tmp_path / "qdrant")
+    path = str(tmp_path / "qdrant")
+    yield path
     from fiftyone_qdrant.connection import close_all
+    from fiftyone_qdrant.local import stop_service
 
     close_all()
+    stop_service(path)  # else it would idle on until this session ends
 
 
 def make_dataset(num_samples: int, num_patches: int = 0, seed: int = 0) -> fo.Dataset:

@@ -16,18 +16,17 @@ Ops:
 
 Faults (``spec["fault"]``) are counted over the store's point writes (one
 ``upsert``/``delete`` call = one write, numbered from 1) and fire once, at
-the first matching engine call at or after write N; the process then kills
-itself with SIGKILL:
-    after_update  right after the engine applied write N (not yet flushed)
-    mid_flush     a timer thread fires ``delay`` s into an engine flush
-    after_flush   right after an engine flush returned (before the shard is
-                  reloaded/consolidated and ``version`` bumped)
-    mid_load      ``delay`` s into a shard (re)load (the consolidation that
-                  replays the journals a flush leaves)
-    in_create     while a new collection is being created (before it is
-                  renamed into place)
-    none          no self-kill (the test may SIGKILL us from outside; we
-                  report ``W <n>`` when write n starts)
+write N:
+    after_write     this process SIGKILLs itself right after handing write N
+                    to the store (inside a build the write is pipelined: it
+                    may or may not have been acknowledged)
+    service_killed  this process SIGKILLs the store's local Qdrant service
+                    right after write N, then carries on: the store starts
+                    the service again and the operation completes
+    in_create       this process SIGKILLs itself right after the collection
+                    was created, before its payload indexes exist
+    none            no fault (the test may SIGKILL us from outside; we
+                    report ``W <n>`` when write n starts)
 """
 
 import json
@@ -43,7 +42,7 @@ import fiftyone as fo
 import fiftyone.brain as fob
 
 import fiftyone_qdrant  # noqa: F401
-import fiftyone_qdrant.embedded  # noqa: F401
+import fiftyone_qdrant.server  # noqa: F401
 import fiftyone_qdrant.similarity  # noqa: F401
 
 _report = None  # a multiprocessing connection, in a forkserver child
@@ -67,84 +66,56 @@ class _State:
     write = 0  # number of the write in progress (0 = none)
     point = "none"
     at = 0
-    delay = 0.0
+    done = False
+
+
+def kill_service(store):
+    """SIGKILLs the local Qdrant service behind ``store`` (a ServerStore)."""
+    from fiftyone_qdrant.local import read_address
+
+    address = read_address(store._local_root)
+    os.kill(address.pid, signal.SIGKILL)
+    while read_address(store._local_root) is not None:  # the OS releases its lock
+        time.sleep(0.01)
 
 
 def install_faults(fault):
-    """Hooks the embedded store so that the process dies at ``fault``."""
-    from fiftyone_qdrant import embedded
+    """Hooks the store so that the process (or its service) dies at ``fault``."""
+    from fiftyone_qdrant.server import ServerStore
 
     state = _State()
     state.point = fault.get("point", "none")
     state.at = int(fault.get("write", 0))
-    state.delay = float(fault.get("delay", 0.0))
-
-    for name in ("_load",):
-        assert hasattr(embedded._SharedShard, name), "embedded._SharedShard.%s is gone: update the fault hooks" % name
-    for name in ("upsert", "delete", "_write_json"):
-        assert hasattr(embedded.EmbeddedStore, name), "embedded.EmbeddedStore.%s is gone: update the fault hooks" % name
-
-    def armed(point):
-        return state.point == point and state.at > 0 and state.write >= state.at
-
-    def die_later(delay):
-        threading.Timer(delay, _die).start()
-
-    class Proxy:
-        """Wraps the Edge shard so that the engine calls can be hooked."""
-
-        def __init__(self, shard):
-            self._shard = shard
-
-        def __getattr__(self, name):
-            return getattr(self._shard, name)
-
-        def update(self, operation):
-            self._shard.update(operation)
-            if armed("after_update"):
-                _die()
-
-        def flush(self):
-            if armed("mid_flush"):
-                die_later(state.delay)
-                self._shard.flush()
-                time.sleep(state.delay + 30)  # the timer kills us
-            self._shard.flush()
-            if armed("after_flush"):
-                _die()
-
-    orig_load = embedded._SharedShard._load
-
-    def _load(self, *args, **kwargs):
-        if armed("mid_load"):
-            die_later(state.delay)
-            orig_load(self, *args, **kwargs)
-            time.sleep(state.delay + 30)
-        shard = orig_load(self, *args, **kwargs)
-        self._shard = Proxy(shard)
-        return self._shard
-
-    embedded._SharedShard._load = _load
+    for name in ("upsert", "delete", "create_collection"):
+        assert hasattr(ServerStore, name), "ServerStore.%s is gone: update the fault hooks" % name
 
     def counted(method):
         def wrapper(self, *args, **kwargs):
             state.write += 1
             emit("W %d" % state.write)
-            return method(self, *args, **kwargs)
+            result = method(self, *args, **kwargs)
+            if state.write == state.at and not state.done:
+                state.done = True
+                if state.point == "after_write":
+                    _die()
+                if state.point == "service_killed":
+                    kill_service(self)
+                    emit("SERVICE KILLED")
+            return result
 
         return wrapper
 
-    embedded.EmbeddedStore.upsert = counted(embedded.EmbeddedStore.upsert)
-    embedded.EmbeddedStore.delete = counted(embedded.EmbeddedStore.delete)
+    ServerStore.upsert = counted(ServerStore.upsert)
+    ServerStore.delete = counted(ServerStore.delete)
+    orig_create = ServerStore.create_collection
 
-    orig_write_json = embedded.EmbeddedStore._write_json
-
-    def _write_json(self, directory, doc):
-        if state.point == "in_create" and os.path.basename(directory).startswith(".tmp-"):
+    def create_collection(self, name, spec, metadata, keyword_fields=()):
+        if state.point == "in_create":
+            orig_create(self, name, spec, metadata, keyword_fields=())
             _die()
-        return orig_write_json(self, directory, doc)
+        return orig_create(self, name, spec, metadata, keyword_fields=keyword_fields)
 
-    embedded.EmbeddedStore._write_json = _write_json
+    ServerStore.create_collection = create_collection
     return state
 
 

@@ -24,9 +24,9 @@ Adaptations, because nothing can be downloaded here:
   so the build fails naming it and registers nothing); everything runs on
   the embedded default. test_guide_on_a_server repeats the examples that
   need a server when QDRANT_URL is set.
-- ``index.client`` on the embedded default is the collection's
-  ``qdrant_edge.EdgeShard``, not a ``QdrantClient``: the guide's
-  ``client.get_collections()`` becomes the shard's own calls.
+- ``index.client`` on the embedded default is a ``QdrantClient`` talking to
+  the store's local Qdrant service: the guide's ``client.get_collections()``
+  runs as written.
 - Every index gets ``path=store_path`` (or
   ``FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH`` in subprocesses) so that nothing
   touches ``~/.fiftyone``. The Setup examples run in subprocesses (the brain
@@ -1087,7 +1087,7 @@ def test_querying(quickstart, embeddings, store_path):
 
 
 def test_accessing_the_client(quickstart, embeddings, store_path):
-    import qdrant_edge
+    from qdrant_client import QdrantClient
 
     from fiftyone_qdrant import ids as idmap
 
@@ -1096,29 +1096,39 @@ def test_accessing_the_client(quickstart, embeddings, store_path):
         dataset, embeddings=embeddings, brain_key="qdrant_index", backend="qdrant", path=store_path
     )
 
+    # as the guide has it, on the embedded default: a real QdrantClient,
+    # talking to the store's local Qdrant service
     qdrant_client = qdrant_index.client
     print(qdrant_client)
-    # The guide calls qdrant_client.get_collections(), a QdrantClient
-    # method. On the embedded default the client is the collection's
-    # qdrant_edge.EdgeShard (one shard = one collection, so it has no
-    # get_collections()): we call its own API instead, and list the store's
-    # collections with foq.list_indexes()
-    assert isinstance(qdrant_client, qdrant_edge.EdgeShard)
-    assert qdrant_client.info().points_count == NUM_IMAGES
-    assert qdrant_client.count(qdrant_edge.CountRequest(exact=True)) == NUM_IMAGES
+    print(qdrant_client.get_collections())
+    assert isinstance(qdrant_client, QdrantClient)
+    assert [c.name for c in qdrant_client.get_collections().collections] == [qdrant_index.collection_name]
+    info = qdrant_client.get_collection(qdrant_index.collection_name)
+    assert info.points_count == NUM_IMAGES
+    assert info.config.params.vectors.size == embeddings.shape[1]
+    assert qdrant_client.count(qdrant_index.collection_name, exact=True).count == NUM_IMAGES
     assert list(collections(store_path)) == [qdrant_index.collection_name]
 
     ids = dataset.values("id")
-    (record,) = qdrant_client.retrieve(idmap.to_point_ids([ids[0]]), with_payload=True, with_vector=True)
-    assert record.payload["sample_id"] == ids[0]
-    vector = record.vector if not isinstance(record.vector, dict) else record.vector[""]
-    # cosine vectors are stored unit-normalized by Qdrant
-    np.testing.assert_allclose(vector, embeddings[0] / np.linalg.norm(embeddings[0]), rtol=1e-5)
-
-    hits = qdrant_client.query(
-        qdrant_edge.QueryRequest(limit=10, query=qdrant_edge.Query.Nearest(embeddings[0].tolist()), with_payload=True)
+    (record,) = qdrant_client.retrieve(
+        qdrant_index.collection_name, idmap.to_point_ids([ids[0]]), with_payload=True, with_vectors=True
     )
+    assert record.payload["sample_id"] == ids[0]
+    # cosine vectors are stored unit-normalized by Qdrant
+    np.testing.assert_allclose(record.vector, embeddings[0] / np.linalg.norm(embeddings[0]), rtol=1e-5)
+
+    hits = qdrant_client.query_points(qdrant_index.collection_name, query=embeddings[0].tolist(), limit=10).points
     assert_top_k([h.payload["sample_id"] for h in hits], ids, embeddings, embeddings[0], k=10)
+
+
+def test_client_exists_before_the_first_vector(quickstart, store_path):
+    qdrant_index = fob.compute_similarity(
+        quickstart, embeddings=False, brain_key="qdrant_empty", backend="qdrant", path=store_path
+    )
+    assert qdrant_index.total_index_size == 0
+    names = [c.name for c in qdrant_index.client.get_collections().collections]
+    assert qdrant_index.collection_name not in names
+    assert not qdrant_index.client.collection_exists(qdrant_index.collection_name)
 
 
 # -- Advanced usage -----------------------------------------------------------
@@ -1150,9 +1160,8 @@ def test_advanced_usage(quickstart, embeddings, store_path):
     assert qdrant_index.total_index_size == 10
 
     qdrant_client = qdrant_index.client
-    # qdrant_client.get_collections() on a server; an EdgeShard here (see
-    # test_accessing_the_client)
-    assert qdrant_client.info().points_count == 10
+    assert [c.name for c in qdrant_client.get_collections().collections] == ["custom-quickstart-index"]
+    assert qdrant_client.count("custom-quickstart-index").count == 10
     assert collections(store_path)["custom-quickstart-index"]["size"] == 10
 
     config = dataset.get_brain_info("qdrant_index").config
@@ -1349,7 +1358,7 @@ def test_clip_advanced_usage(clip, store_path):
     embs, sample_ids, _ = qdrant_index.compute_embeddings(view)
     qdrant_index.add_to_index(embs, sample_ids)
     assert qdrant_index.total_index_size == 10
-    assert qdrant_index.client.info().points_count == 10  # an EdgeShard: see test_accessing_the_client
+    assert qdrant_index.client.count(qdrant_index.collection_name).count == 10
 
     rows = {i: r for r, i in enumerate(dataset.values("id"))}
     sub = X[[rows[i] for i in sample_ids]]

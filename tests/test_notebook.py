@@ -111,7 +111,7 @@ def test_quickstart_notebook_runs(tiny, tmp_path, monkeypatch):
     assert "with the new sample: 43" in add_remove
     assert _lists(add_remove)[-1][0] == "blue triangle"
 
-    assert "(3, 64) True" in _text(cells["embeddings"]) and "EdgeShard" in _text(cells["embeddings"])
+    assert "(3, 64) True" in _text(cells["embeddings"]) and "QdrantClient 43" in _text(cells["embeddings"])
     listed = _text(cells["list"]).splitlines()
     assert len(listed) == 2 and all("open_clip:" + tiny.arch in line for line in listed)
     assert _text(cells["cleanup"]).strip() == "[] []"

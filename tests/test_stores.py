@@ -1,6 +1,7 @@
-"""The engine interface, checked identically on both implementations: the
-embedded store (qdrant-edge) and the server store (qdrant-client; here on
-its local mode, which speaks the server's API without a server)."""
+"""The engine interface, checked identically on both code paths of
+ServerStore: gRPC, against the embedded store's local Qdrant service
+(qdrant-edge), and REST-style models, against qdrant-client's local mode
+(which speaks the server's API without a server)."""
 
 import uuid
 
@@ -9,7 +10,6 @@ import pytest
 from qdrant_client import QdrantClient
 
 from fiftyone_qdrant import ids as idmap
-from fiftyone_qdrant.embedded import EmbeddedStore
 from fiftyone_qdrant.engine import CollectionSpec, IdRestriction
 from fiftyone_qdrant.errors import CollectionNotFoundError
 from fiftyone_qdrant.server import ServerStore
@@ -20,7 +20,7 @@ from conftest import exact_top_k, random_embeddings
 @pytest.fixture(params=["embedded", "server-api"])
 def store(request, tmp_path):
     if request.param == "embedded":
-        s = EmbeddedStore(str(tmp_path / "store"))
+        s = ServerStore.local(str(tmp_path / "store"))
     else:
         s = ServerStore.from_client(QdrantClient(path=str(tmp_path / "local")), "qdrant-client local mode")
     yield s

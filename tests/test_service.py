@@ -1,0 +1,391 @@
+"""The embedded store's local Qdrant service, as qdrant-client users meet it.
+
+Congruence: the same qdrant-client calls against our service and against
+qdrant-client's own in-process engine (local mode, the reference for the
+API's semantics) give the same answers, so the client code path that
+servers and clusters use is exercised on the wire in every run. Then the
+service's life (started on demand, private, outlives its starter, stops
+when idle), its faults (SIGKILL, damaged or deleted collections, a full
+disk) and the migration of stores written by fiftyone-qdrant 0.1.
+"""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+from qdrant_client import grpc as pb
+from qdrant_client import models as qm
+
+import fiftyone.brain as fob
+
+from fiftyone_qdrant import local
+from fiftyone_qdrant.connection import close_all
+from fiftyone_qdrant.engine import CollectionSpec
+from fiftyone_qdrant.errors import QdrantBackendError
+from fiftyone_qdrant.server import ServerStore
+
+from conftest import exact_top_k, random_embeddings
+
+# -- congruence with qdrant-client's in-process engine -------------------------
+
+
+def _ids(n, kind):
+    return [i + 1 for i in range(n)] if kind == "int" else [str(uuid.UUID(int=i + 1)) for i in range(n)]
+
+
+def _points(records, with_vectors=False):
+    out = []
+    for r in records:
+        vector = r.vector
+        if isinstance(vector, dict):
+            vector = {k: (np.round(np.asarray(v, dtype=float), 4).tolist() if isinstance(v, list) else
+                          (list(v.indices), np.round(v.values, 4).tolist())) for k, v in vector.items()}
+        elif vector is not None:
+            vector = np.round(np.asarray(vector, dtype=float), 4).tolist()
+        out.append((str(r.id), r.payload, vector if with_vectors else None))
+    return sorted(out, key=lambda t: t[0])
+
+
+def _hits(points):
+    return [(str(p.id), round(float(p.score), 4)) for p in points]
+
+
+def exercise(client: QdrantClient, kind: str) -> dict:
+    """Everyday qdrant-client calls; returns what they answered."""
+    rng = np.random.default_rng(7)
+    out = {}
+    n = 60
+    ids = _ids(n, kind)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    client.create_collection(
+        "dense", vectors_config=qm.VectorParams(size=4, distance=qm.Distance.COSINE), metadata={"owner": "test"}
+    )
+    out["exists"] = (client.collection_exists("dense"), client.collection_exists("nope"))
+    out["names"] = [c.name for c in client.get_collections().collections]
+    info = client.get_collection("dense")
+    out["info"] = (info.config.params.vectors.size, info.config.params.vectors.distance, info.config.metadata)
+    client.upsert("dense", points=[
+        qm.PointStruct(id=ids[i], vector=X[i].tolist(), payload={"tag": "ab"[i % 2], "n": i, "nested": {"k": [i, "x"]}})
+        for i in range(n)
+    ])
+    out["count"] = client.count("dense", exact=True).count
+    tag_a = qm.Filter(must=[qm.FieldCondition(key="tag", match=qm.MatchValue(value="a"))])
+    out["count_a"] = client.count("dense", count_filter=tag_a, exact=True).count
+    out["retrieve"] = _points(client.retrieve("dense", ids[:5], with_vectors=True), with_vectors=True)
+    pages, offset = [], None
+    while True:
+        records, offset = client.scroll("dense", limit=7, offset=offset)
+        pages.append(len(records))
+        out.setdefault("scrolled", []).extend(str(r.id) for r in records)
+        if offset is None:
+            break
+    out["pages"] = pages
+    out["scrolled"] = sorted(out["scrolled"])
+    filters = {
+        "any": qm.Filter(must=[qm.FieldCondition(key="n", match=qm.MatchAny(any=[1, 2, 3, 40]))]),
+        "except": qm.Filter(must=[qm.FieldCondition(key="tag", match=qm.MatchExcept(**{"except": ["a"]}))]),
+        "range": qm.Filter(must=[qm.FieldCondition(key="n", range=qm.Range(gte=10, lt=20))]),
+        "not": qm.Filter(must_not=[qm.FieldCondition(key="tag", match=qm.MatchValue(value="b"))]),
+        "should": qm.Filter(should=[qm.HasIdCondition(has_id=ids[:3]),
+                                    qm.FieldCondition(key="n", match=qm.MatchValue(value=50))]),
+        "ids": qm.Filter(must=[qm.HasIdCondition(has_id=ids[10:30])]),
+    }
+    for name, f in filters.items():
+        out["scroll_" + name] = _points(client.scroll("dense", scroll_filter=f, limit=100)[0])
+        out["query_" + name] = _hits(client.query_points("dense", query=X[0].tolist(), query_filter=f, limit=5).points)
+    out["query"] = _hits(client.query_points("dense", query=X[3].tolist(), limit=8, with_payload=True).points)
+    out["query_threshold"] = _hits(client.query_points("dense", query=X[3].tolist(), limit=60, score_threshold=0.5).points)
+    out["query_offset"] = _hits(client.query_points("dense", query=X[3].tolist(), limit=3, offset=2).points)
+    out["query_by_id"] = _hits(client.query_points("dense", query=ids[4], limit=5).points)
+    out["query_exact"] = _hits(client.query_points(
+        "dense", query=X[5].tolist(), limit=5, search_params=qm.SearchParams(exact=True)).points)
+    batch = client.query_batch_points("dense", requests=[
+        qm.QueryRequest(query=X[i].tolist(), limit=4, filter=tag_a if i % 2 else None) for i in range(3)
+    ])
+    out["batch"] = [_hits(r.points) for r in batch]
+
+    client.set_payload("dense", payload={"extra": True}, points=ids[:4])
+    client.overwrite_payload("dense", payload={"only": 1}, points=[ids[4]])
+    client.delete_payload("dense", keys=["n"], points=[ids[5]])
+    client.clear_payload("dense", points_selector=[ids[6]])
+    client.set_payload("dense", payload={"by_filter": "yes"}, points=filters["range"])
+    out["payloads"] = _points(client.retrieve("dense", ids[:8] + ids[10:12]))
+    client.delete("dense", points_selector=qm.PointIdsList(points=ids[:10]))
+    client.delete("dense", points_selector=qm.FilterSelector(filter=tag_a))
+    out["after_delete"] = sorted(str(r.id) for r in client.scroll("dense", limit=100)[0])
+    client.update_collection("dense", metadata={"owner": None, "stage": 2})
+    out["metadata"] = client.get_collection("dense").config.metadata
+
+    # named dense vectors of two sizes and metrics
+    client.create_collection("named", vectors_config={
+        "img": qm.VectorParams(size=4, distance=qm.Distance.DOT),
+        "txt": qm.VectorParams(size=3, distance=qm.Distance.EUCLID),
+    })
+    Y = rng.normal(size=(n, 3)).astype(np.float32)
+    client.upsert("named", points=[
+        qm.PointStruct(id=ids[i], vector={"img": X[i].tolist(), "txt": Y[i].tolist()}) for i in range(20)
+    ] + [qm.PointStruct(id=ids[20], vector={"txt": Y[20].tolist()})])
+    out["named_img"] = _hits(client.query_points("named", query=X[1].tolist(), using="img", limit=5).points)
+    out["named_txt"] = _hits(client.query_points("named", query=Y[1].tolist(), using="txt", limit=5).points)
+    out["named_retrieve"] = _points(client.retrieve("named", [ids[0], ids[20]], with_vectors=True), with_vectors=True)
+    out["named_only_txt"] = _points(client.retrieve("named", [ids[0]], with_vectors=["txt"]), with_vectors=True)
+
+    # sparse and multi vectors
+    client.create_collection("sparse", vectors_config={},
+                             sparse_vectors_config={"s": qm.SparseVectorParams()})
+    client.upsert("sparse", points=[
+        qm.PointStruct(id=ids[i], vector={"s": qm.SparseVector(indices=[i % 5, 7, 11 + i % 3], values=[1.0, 0.5 + i / 100, 2.0])})
+        for i in range(15)
+    ])
+    out["sparse"] = _hits(client.query_points(
+        "sparse", query=qm.SparseVector(indices=[1, 7, 12], values=[1.0, 1.0, 0.5]), using="s", limit=5).points)
+    out["sparse_retrieve"] = _points(client.retrieve("sparse", ids[:2], with_vectors=True), with_vectors=True)
+    client.create_collection("multi", vectors_config=qm.VectorParams(
+        size=2, distance=qm.Distance.COSINE, multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)))
+    M = rng.normal(size=(10, 3, 2)).astype(np.float32)
+    client.upsert("multi", points=[qm.PointStruct(id=ids[i], vector=M[i].tolist()) for i in range(10)])
+    out["multi"] = _hits(client.query_points("multi", query=M[2][:2].tolist(), limit=4).points)
+
+    out["names_before_delete"] = sorted(c.name for c in client.get_collections().collections)
+    client.delete_collection("named")
+    out["names_after_delete"] = sorted(c.name for c in client.get_collections().collections)
+    return out
+
+
+@pytest.fixture
+def service_client(store_path):
+    store = ServerStore.local(store_path)
+    yield store.client
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["int", "uuid"])
+def test_service_answers_as_qdrant_clients_own_engine(service_client, kind):
+    reference = exercise(QdrantClient(":memory:"), kind)
+    got = exercise(service_client, kind)
+    assert got.keys() == reference.keys()
+    for key in reference:
+        assert got[key] == reference[key], key
+
+
+def test_unimplemented_calls_say_which_call(service_client):
+    service_client.create_collection("c", vectors_config=qm.VectorParams(size=2, distance=qm.Distance.DOT))
+    with pytest.raises(grpc.RpcError) as e:
+        service_client.grpc_points.Recommend(pb.RecommendPoints(collection_name="c", positive=[pb.PointId(num=1)]))
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Points.Recommend" in e.value.details()
+    with pytest.raises(Exception, match="Points.Query with prefetch"):
+        service_client.query_points("c", prefetch=[qm.Prefetch(query=[1.0, 0.0])], query=qm.FusionQuery(fusion=qm.Fusion.RRF))
+    with pytest.raises(Exception, match="Points.Query with a recommend query"):
+        service_client.query_points("c", query=qm.RecommendQuery(recommend=qm.RecommendInput(positive=[[1.0, 0.0]])))
+
+
+# -- the service's life ---------------------------------------------------------
+
+
+def test_service_is_private_loopback_and_checks_its_token(store_path):
+    store = ServerStore.local(store_path)
+    store.create_collection("c", CollectionSpec(2, "dotproduct"), {})
+    address = local.read_address(store_path)
+    assert address.host == "127.0.0.1" and address.pid != os.getpid()
+    assert stat.S_IMODE(os.stat(store_path).st_mode) == 0o700
+    for name in ("service.json", "service.log", "clients.lock", "service.lock"):
+        assert stat.S_IMODE(os.stat(os.path.join(store_path, name)).st_mode) == 0o600, name
+    assert "token" not in repr(address) and address.token not in str(local.service_status(store_path))
+    wrong = QdrantClient(host="127.0.0.1", grpc_port=address.port, prefer_grpc=True, api_key="not-the-token",
+                         https=False, check_compatibility=False)
+    with pytest.raises(Exception, match="UNAUTHENTICATED|Invalid or missing token"):
+        wrong.get_collections()
+    anonymous = QdrantClient(host="127.0.0.1", grpc_port=address.port, prefer_grpc=True, check_compatibility=False)
+    with pytest.raises(Exception, match="UNAUTHENTICATED|Invalid or missing token"):
+        anonymous.collection_exists("c")
+    assert [c.name for c in store.client.get_collections().collections] == ["c"]
+    store.close()
+
+
+_STARTER = """
+import sys, numpy as np
+from fiftyone_qdrant.engine import CollectionSpec
+from fiftyone_qdrant.server import ServerStore
+store = ServerStore.local(sys.argv[1])
+store.create_collection("c", CollectionSpec(3, "euclidean"), {"by": "starter"})
+ids = ["00000000-0000-0000-0000-%012d" % i for i in range(1, 101)]
+store.upsert("c", ids, np.arange(300, dtype=np.float32).reshape(100, 3), [{"i": i} for i in range(100)])
+from fiftyone_qdrant.local import read_address
+print(read_address(sys.argv[1]).pid, flush=True)
+"""
+
+
+def test_service_outlives_its_starter_and_stops_when_idle(tmp_path):
+    root = str(tmp_path / "store")
+    env = dict(os.environ, FIFTYONE_QDRANT_SERVICE_IDLE_S="1")
+    starter = subprocess.run([sys.executable, "-c", _STARTER, root], env=env, capture_output=True, text=True, timeout=120)
+    assert starter.returncode == 0, starter.stderr
+    pid = int(starter.stdout.split()[0])
+    # the process that started it is gone; a service started with a 1 s
+    # idle timeout is still there for this process, which registers first
+    store = ServerStore.local(root)
+    assert local.read_address(root).pid == pid
+    assert store.count("c") == 100 and store.get_metadata("c") == {"by": "starter"}
+    time.sleep(2.5)  # idle, but a client is alive: it stays
+    assert local.read_address(root).pid == pid
+    store.close()  # no client any more: it stops within idle + 1 s
+    deadline = time.monotonic() + 10
+    while local.read_address(root) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert local.read_address(root) is None
+    assert not os.path.exists(os.path.join(root, "service.json"))
+    # and starts again on demand, with everything there
+    store = ServerStore.local(root)
+    assert local.read_address(root).pid != pid and store.count("c") == 100
+    store.close()
+    assert local.stop_service(root)
+
+
+def test_sigkill_of_the_service_keeps_every_acknowledged_write(store_path):
+    store = ServerStore.local(store_path)
+    store.create_collection("c", CollectionSpec(8, "cosine"), {}, keyword_fields=["sample_id"])
+    X = random_embeddings(1000, 8, seed=3)
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(1000)]
+    for lo in range(0, 1000, 100):  # each call returns once acknowledged
+        store.upsert("c", ids[lo : lo + 100], X[lo : lo + 100], [{"sample_id": "%024x" % i} for i in range(lo, lo + 100)])
+    store.delete("c", ids[:10])
+    first = local.read_address(store_path).pid
+    os.kill(first, signal.SIGKILL)
+    # the next call starts the service again (transparently) from the WAL
+    assert store.count("c") == 990
+    assert local.read_address(store_path).pid != first
+    hits = store.query_batch("c", X[500:501], 5)[0]
+    assert [h.id for h in hits][0] == ids[500]
+    assert store.has_keyword_index("c", "sample_id")
+    store.close()
+
+
+# -- damaged, deleted, full -----------------------------------------------------
+
+
+def _build(dataset_factory, store_path, n=200, key="idx"):
+    dataset = dataset_factory(n)
+    X = random_embeddings(n, 16, seed=1)
+    index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key=key, path=store_path, progress=False)
+    return dataset, X, index
+
+
+def test_missing_description_is_a_clear_error_and_never_wipes_the_vectors(dataset_factory, store_path):
+    dataset, X, index = _build(dataset_factory, store_path)
+    name = index.collection_name
+    description = os.path.join(store_path, "collections", name, "collection.json")
+    local.stop_service(store_path)
+    os.rename(description, description + ".away")
+    close_all()
+    dataset.reload()
+    index = dataset.load_brain_results("idx", cache=False)
+    for attempt in (lambda: index.total_index_size, lambda: dataset.sort_by_similarity(dataset.first().id, k=3, brain_key="idx"),
+                    lambda: index.add_to_index(X[:5], dataset.values("id")[:5])):
+        with pytest.raises(QdrantBackendError) as e:
+            attempt()
+        assert name in str(e.value) and "collection.json" in str(e.value) and "restore" in str(e.value)
+    # a new build under the same collection name must not create over it
+    with pytest.raises(QdrantBackendError, match="already exists"):
+        ServerStore.local(store_path).create_collection(name, CollectionSpec(16), {})
+    os.rename(description + ".away", description)
+    assert index.total_index_size == 200
+    got = dataset.sort_by_similarity(dataset.first().id, k=5, brain_key="idx").values("id")
+    assert got == exact_top_k(dataset.values("id"), X, X[0], "cosine", k=5)[0]
+
+
+def test_deleted_collection_under_a_live_index_is_an_error_not_zero_hits(dataset_factory, store_path):
+    dataset, X, index = _build(dataset_factory, store_path)
+    assert len(dataset.sort_by_similarity(X[0], k=3, brain_key="idx")) == 3
+    shutil.rmtree(os.path.join(store_path, "collections", index.collection_name))
+    with pytest.raises(QdrantBackendError, match="deleted|does not exist"):
+        index._kneighbors(query=X[0], k=3)
+
+
+def test_full_disk_is_a_clear_error_and_other_collections_survive(dataset_factory, tmp_path):
+    root = str(tmp_path / "small")
+    os.makedirs(root)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", root], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root): %s" % mounted.stderr.decode().strip())
+    try:
+        small = dataset_factory(50)
+        X_small = random_embeddings(50, 8, seed=2)
+        fob.compute_similarity(small, embeddings=X_small, backend="qdrant", brain_key="small", path=root, progress=False)
+        big = dataset_factory(60000)
+        X_big = random_embeddings(60000, 512, seed=3)  # 120 MB of vectors: cannot fit beside the reserve
+        with pytest.raises(QdrantBackendError, match="No space left") as e:
+            fob.compute_similarity(big, embeddings=X_big, backend="qdrant", brain_key="big", path=root, progress=False)
+        assert "Free disk space" in str(e.value) and root in str(e.value)
+        big.reload()
+        assert "big" not in big.list_brain_runs()  # the failed build's run is removed
+        small.reload()
+        index = small.load_brain_results("small", cache=False)
+        got = small.sort_by_similarity(X_small[3], k=5, brain_key="small").values("id")
+        assert index.total_index_size == 50
+        assert got == exact_top_k(small.values("id"), X_small, X_small[3], "cosine", k=5)[0]
+    finally:
+        close_all()
+        local.stop_service(root)
+        subprocess.run(["umount", "-l", root])
+
+
+# -- stores written by fiftyone-qdrant 0.1 ----------------------------------------
+
+
+def test_a_store_of_the_old_layout_migrates_once_losing_nothing(dataset_factory, store_path):
+    """0.1 kept WAL-less shards opened by every process, with version and
+    lock files beside them; the service copies such a shard once into one
+    with a WAL, then serves it."""
+    import qdrant_edge as qe
+
+    dataset = dataset_factory(300)
+    sample_ids = dataset.values("id")
+    X = random_embeddings(300, 8, seed=9)
+    directory = os.path.join(store_path, "collections", "legacy")
+    os.makedirs(directory)
+    shard = qe.EdgeShard.create(os.path.join(directory, "shard"), qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=8, distance=qe.Distance.Cosine), wal_enabled=False))
+    shard.update(qe.UpdateOperation.create_field_index("sample_id", qe.PayloadSchemaType.Keyword))
+    from fiftyone_qdrant import ids as idmap
+
+    shard.update(qe.UpdateOperation.upsert_points([
+        qe.Point(p, X[i].tolist(), {"sample_id": sample_ids[i]})
+        for i, p in enumerate(idmap.to_point_ids(sample_ids))
+    ]))
+    shard.flush()
+    shard.close()
+    for name in ("version", "lock"):
+        open(os.path.join(directory, name), "w").close()
+    with open(os.path.join(directory, "collection.json"), "w") as f:
+        json.dump({"format": 1, "vectors": {"": {"size": 8, "metric": "cosine"}}, "sparse_vectors": [],
+                   "metadata": {"note": "old"}}, f)
+
+    index = fob.compute_similarity(dataset, embeddings=False, backend="qdrant", brain_key="legacy",
+                                   collection_name="legacy", path=store_path)
+    assert index.total_index_size == 300
+    assert index.store.get_metadata("legacy")["note"] == "old"
+    assert index.store.has_keyword_index("legacy", "sample_id")
+    emb, sids, _ = index.get_embeddings(sample_ids[:20])
+    np.testing.assert_allclose(emb * np.linalg.norm(X[:20], axis=1, keepdims=True) / np.linalg.norm(emb, axis=1, keepdims=True),
+                               X[:20], rtol=1e-5, atol=1e-5)
+    got = dataset.sort_by_similarity(sample_ids[7], k=5, brain_key="legacy").values("id")
+    assert got == exact_top_k(sample_ids, X, X[7], "cosine", k=5)[0]
+    with open(os.path.join(directory, "collection.json")) as f:
+        assert json.load(f)["format"] == 2
+    assert sorted(os.listdir(directory)) == ["collection.json", "shard"]
+    # the migrated shard has a WAL: an acknowledged write survives a SIGKILL
+    index.add_to_index(X[:1] * 2, [sample_ids[0]])
+    os.kill(local.read_address(store_path).pid, signal.SIGKILL)
+    emb, _, _ = index.get_embeddings([sample_ids[0]])
+    np.testing.assert_allclose(emb[0], X[0] * 2, rtol=1e-5)
