@@ -23,10 +23,11 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import grpc as pb
 from qdrant_client import models as qm
-from qdrant_client.conversions.conversion import grpc_to_payload, payload_to_grpc
+from qdrant_client.conversions.conversion import grpc_to_payload
 
 from .engine import CollectionSpec, Hit, IdRestriction, PointRecord, VectorStore, iter_pages
 from .errors import CollectionNotFoundError, ConfigError, ConnectionFailedError, QdrantBackendError
+from .wire import encode_upsert
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 # service decodes and indexes the previous one keeps both cores busy
 _MAX_IN_FLIGHT = 2
 _INFO_TTL_S = 2.0
+# extension headers of the local service (fiftyone_qdrant.service); servers ignore them
+_REVISION_HEADER = "fiftyone-qdrant-revision"
+_SNAPSHOT_BEGIN_HEADER = "fiftyone-qdrant-snapshot-begin"
+_SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
 _GRPC_DISTANCES = {"cosine": pb.Distance.Cosine, "dotproduct": pb.Distance.Dot,
                    "euclidean": pb.Distance.Euclid, "manhattan": pb.Distance.Manhattan}
 
@@ -106,6 +111,7 @@ class ServerStore(VectorStore):
         self._info_cache: Dict[str, Any] = {}
         self._lock = threading.RLock()
         self._registered = False
+        self._snapshot_depth = threading.local()
 
     @classmethod
     def local(cls, root: str) -> "ServerStore":
@@ -332,7 +338,7 @@ class ServerStore(VectorStore):
                 wait=True,
             )
             return
-        request = pb.UpsertPoints(collection_name=name, wait=True, points=_grpc_points(ids, vectors, payloads, vector_name))
+        request = pb.UpsertPoints.FromString(encode_upsert(name, ids, vectors, payloads, vector_name))
         if self._session_depth:
             self._send_pipelined(request)
         else:
@@ -412,9 +418,43 @@ class ServerStore(VectorStore):
         return self._call(self.client.count, collection_name=name, exact=True).count
 
     def revision(self, name) -> Optional[str]:
-        # Qdrant exposes no change counter; the exact count changes with
-        # every add/remove, which is what the id cache depends on
-        return str(self.count(name))
+        """The local service's change counter of the collection (in an
+        extension header); a server exposes none, and then the exact count,
+        which changes with every add or remove, stands in for it."""
+        if not self.is_local:
+            return str(self.count(name))
+        request = pb.CountPoints(collection_name=name, exact=True)
+        response, call = self._call(lambda: self.client.grpc_points.Count.with_call(request, timeout=self._timeout()))
+        trailing = dict(call.trailing_metadata() or ())
+        return trailing.get(_REVISION_HEADER) or str(response.result.count)
+
+    @contextlib.contextmanager
+    def snapshot(self, name: str) -> Iterator[None]:
+        """On the embedded store, reads inside see one state of the
+        collection: the service holds off writes until the block ends (or
+        its lease of 60 s runs out). Writing inside it waits for the end.
+        A server offers no such guarantee: there it groups nothing."""
+        depth = getattr(self._snapshot_depth, "value", 0)
+        if not self.is_local or depth:
+            self._snapshot_depth.value = depth + 1
+            try:
+                yield
+            finally:
+                self._snapshot_depth.value = depth
+            return
+        self._drain()  # our own writes in flight would wait for the snapshot
+        request = pb.CollectionExistsRequest(collection_name=name)
+        _, call = self._call(lambda: self.client.grpc_collections.CollectionExists.with_call(
+            request, metadata=[(_SNAPSHOT_BEGIN_HEADER, "1")], timeout=self._timeout()))
+        lease = dict(call.trailing_metadata() or ()).get(_SNAPSHOT_BEGIN_HEADER)
+        self._snapshot_depth.value = 1
+        try:
+            yield
+        finally:
+            self._snapshot_depth.value = 0
+            if lease:
+                self._call(lambda: self.client.grpc_collections.CollectionExists(
+                    request, metadata=[(_SNAPSHOT_END_HEADER, lease)], timeout=self._timeout()))
 
     def _cached_info(self, name: str):
         hit = self._info_cache.get(name)
@@ -543,25 +583,6 @@ def _rebind(fn, client):
     if isinstance(owner, QdrantClient):
         return getattr(client, fn.__name__)
     return fn
-
-
-def _grpc_points(ids, vectors: np.ndarray, payloads, vector_name: Optional[str]) -> List[pb.PointStruct]:
-    """Protobuf points straight from a float32 matrix: one ``tolist()`` for
-    the batch, no per-point model objects (5x faster than qdrant-client's
-    model conversion)."""
-    points = []
-    for point_id, row, payload in zip(ids, vectors.tolist(), payloads):
-        p = pb.PointStruct(payload=payload_to_grpc(payload))
-        if isinstance(point_id, str):
-            p.id.uuid = point_id
-        else:
-            p.id.num = point_id
-        if vector_name:
-            p.vectors.vectors.vectors[vector_name].dense.data.extend(row)
-        else:
-            p.vectors.vector.dense.data.extend(row)
-        points.append(p)
-    return points
 
 
 def _grpc_id(pid) -> str:

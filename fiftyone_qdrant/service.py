@@ -23,7 +23,9 @@ Run it by hand with ``fiftyone-qdrant service start|status|stop``.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
+import contextlib
 import fcntl
 import functools
 import json
@@ -43,7 +45,7 @@ import grpc
 import numpy as np
 import qdrant_edge as qe
 from qdrant_client import grpc as pb
-from qdrant_client.conversions.conversion import grpc_to_payload, payload_to_grpc
+from qdrant_client.conversions.conversion import grpc_to_payload, payload_to_grpc, value_to_json
 
 logger = logging.getLogger("fiftyone_qdrant.service")
 
@@ -165,6 +167,60 @@ def check_free_space(root: str, write_bytes: int) -> None:
         )
 
 
+class ReadWriteLock:
+    """Point reads share, writes are exclusive, in arrival order (a reader
+    waits for at most the write ahead of it, a writer for the reads ahead
+    of it). While a snapshot lease is held, reads are let in past waiting
+    writers: the snapshot's own later reads must never queue behind a
+    writer that waits for the snapshot to end."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._queue: "collections.deque[list]" = collections.deque()
+        self._readers = 0
+        self._writer = False
+        self.snapshots = 0
+
+    def _admit(self) -> None:
+        for entry in list(self._queue):
+            kind = entry[0]
+            if kind == "r" and not self._writer:
+                self._queue.remove(entry)
+                entry[1] = True
+                self._readers += 1
+            elif kind == "w" and not self._writer and self._readers == 0 and entry is self._queue[0]:
+                self._queue.popleft()
+                entry[1] = True
+                self._writer = True
+            elif not self.snapshots:
+                break  # in order: nobody passes the first that must wait
+        self._cond.notify_all()
+
+    def acquire(self, kind: str) -> None:
+        with self._cond:
+            entry = [kind, False]
+            self._queue.append(entry)
+            self._admit()
+            while not entry[1]:
+                self._cond.wait()
+
+    def release(self, kind: str) -> None:
+        with self._cond:
+            if kind == "w":
+                self._writer = False
+            else:
+                self._readers -= 1
+            self._admit()
+
+    @contextlib.contextmanager
+    def hold(self, kind: str):
+        self.acquire(kind)
+        try:
+            yield
+        finally:
+            self.release(kind)
+
+
 class Collection:
     """A collection's shard, loaded once and shared by every request."""
 
@@ -173,7 +229,9 @@ class Collection:
         self.directory = directory
         self.description = description
         self.shard = shard
-        self.write_lock = threading.Lock()  # orders writes (Qdrant's operation order)
+        self.lock = ReadWriteLock()
+        self.revision = 0  # bumped by every write: a change counter for caches
+        self.write_lock = threading.Lock()  # collection.json updates
 
     @property
     def metadata(self) -> Dict[str, Any]:
@@ -531,6 +589,15 @@ def search_params(message) -> Optional[qe.SearchParams]:
     )
 
 
+def engine_payload(entries) -> Dict[str, Any]:
+    """A point's payload map as JSON; strings (ids) without the generic
+    conversion, which costs more than the rest of decoding a point."""
+    out = {}
+    for key, value in entries.items():
+        out[key] = value.string_value if value.WhichOneof("kind") == "string_value" else value_to_json(value)
+    return out
+
+
 def grpc_payload(payload: Optional[Dict[str, Any]]) -> Dict[str, pb.Value]:
     return payload_to_grpc(payload) if payload else {}
 
@@ -568,14 +635,9 @@ def describe_vectors(config: pb.VectorsConfig) -> Dict[str, Dict[str, Any]]:
 
 
 def _diff(message) -> Dict[str, Any]:
-    """A config diff as JSON (for collection.json); the engine applies the
-    keys it knows (see edge_config)."""
-    from google.protobuf.json_format import MessageToDict
-
-    return {
-        f.name: MessageToDict(v, preserving_proto_field_name=True) if f.message_type is not None else v
-        for f, v in message.ListFields()
-    }
+    """A config diff as JSON (for collection.json), numbers kept as numbers;
+    the engine applies the keys it knows (see edge_config)."""
+    return {f.name: _diff(v) if f.message_type is not None else v for f, v in message.ListFields()}
 
 
 def grpc_vector_params(params: Dict[str, Any]) -> pb.VectorParams:
@@ -625,6 +687,15 @@ def _fill_unimplemented(servicer_cls, base_cls, service_name: str):
     return servicer_cls
 
 
+REVISION_HEADER = "fiftyone-qdrant-revision"
+SNAPSHOT_BEGIN_HEADER = "fiftyone-qdrant-snapshot-begin"
+SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
+SNAPSHOT_LEASE_S = 60.0
+# Points applied under one write hold: ~10 ms of engine time at 512-d, so a
+# query waits at most that long behind a big upsert
+WRITE_CHUNK = 256
+
+
 class _Servicer:
     def __init__(self, service: "Service"):
         self.service = service
@@ -632,6 +703,15 @@ class _Servicer:
 
     def collection(self, name: str) -> Collection:
         return self.store.get(name)
+
+    @contextlib.contextmanager
+    def reading(self, name: str, context):
+        """A point read: one state of the collection; its revision goes back
+        in the trailing metadata (extension headers other clients ignore)."""
+        c = self.collection(name)
+        with c.lock.hold("r"):
+            context.set_trailing_metadata(((REVISION_HEADER, "%s:%d" % (self.service.instance, c.revision)),))
+            yield c
 
 
 class CollectionsServicer(_Servicer, pb.CollectionsServicer):
@@ -641,7 +721,14 @@ class CollectionsServicer(_Servicer, pb.CollectionsServicer):
 
     @_rpc
     def CollectionExists(self, request, context):
-        return pb.CollectionExistsResponse(result=pb.CollectionExists(exists=self.store.exists(request.collection_name)))
+        metadata = dict(context.invocation_metadata() or ())
+        exists = self.store.exists(request.collection_name)
+        if exists and SNAPSHOT_BEGIN_HEADER in metadata:
+            lease = self.service.begin_snapshot(self.collection(request.collection_name))
+            context.set_trailing_metadata(((SNAPSHOT_BEGIN_HEADER, lease),))
+        if SNAPSHOT_END_HEADER in metadata:
+            self.service.end_snapshot(metadata[SNAPSHOT_END_HEADER])
+        return pb.CollectionExistsResponse(result=pb.CollectionExists(exists=exists))
 
     @_rpc
     def Get(self, request, context):
@@ -749,19 +836,26 @@ def _selected(selector: pb.PointsSelector):
 
 class PointsServicer(_Servicer, pb.PointsServicer):
     def _update(self, name: str, operation, request_bytes: int = 0) -> pb.PointsOperationResponse:
+        return self._update_all(name, [operation], request_bytes)
+
+    def _update_all(self, name: str, operations, request_bytes: int = 0) -> pb.PointsOperationResponse:
         c = self.collection(name)
         check_free_space(self.store.root, request_bytes)
-        with c.write_lock:
-            c.shard.update(operation)
+        for operation in operations:  # readers get in between the chunks of a big write
+            with c.lock.hold("w"):
+                c.shard.update(operation)
+                c.revision += 1
         return _ok()
 
     @_rpc
     def Upsert(self, request, context):
         if request.HasField("update_filter"):
             raise unimplemented("Points.Upsert with update_filter")
-        points = [qe.Point(point_id(p.id), engine_vectors(p.vectors), grpc_to_payload(p.payload) if p.payload else {})
+        points = [qe.Point(point_id(p.id), engine_vectors(p.vectors), engine_payload(p.payload))
                   for p in request.points]
-        return self._update(request.collection_name, qe.UpdateOperation.upsert_points(points), request.ByteSize())
+        chunks = [qe.UpdateOperation.upsert_points(points[i : i + WRITE_CHUNK])
+                  for i in range(0, len(points), WRITE_CHUNK)]
+        return self._update_all(request.collection_name, chunks, request.ByteSize())
 
     @_rpc
     def Delete(self, request, context):
@@ -818,24 +912,24 @@ class PointsServicer(_Servicer, pb.PointsServicer):
 
     @_rpc
     def Get(self, request, context):
-        c = self.collection(request.collection_name)
-        records = c.shard.retrieve(
-            [point_id(p) for p in request.ids], with_payload=with_payload(request.with_payload, True),
-            with_vector=with_vectors(request),
-        )
+        with self.reading(request.collection_name, context) as c:
+            records = c.shard.retrieve(
+                [point_id(p) for p in request.ids], with_payload=with_payload(request.with_payload, True),
+                with_vector=with_vectors(request),
+            )
         return pb.GetResponse(result=[retrieved(r) for r in records])
 
     @_rpc
     def Scroll(self, request, context):
         if request.HasField("order_by"):
             raise unimplemented("Points.Scroll with order_by")
-        c = self.collection(request.collection_name)
-        records, offset = c.shard.scroll(qe.ScrollRequest(
-            offset=point_id(request.offset) if request.HasField("offset") else None,
-            limit=request.limit if request.HasField("limit") else 10,
-            filter=optional_filter(request), with_payload=with_payload(request.with_payload, True),
-            with_vector=with_vectors(request),
-        ))
+        with self.reading(request.collection_name, context) as c:
+            records, offset = c.shard.scroll(qe.ScrollRequest(
+                offset=point_id(request.offset) if request.HasField("offset") else None,
+                limit=request.limit if request.HasField("limit") else 10,
+                filter=optional_filter(request), with_payload=with_payload(request.with_payload, True),
+                with_vector=with_vectors(request),
+            ))
         response = pb.ScrollResponse(result=[retrieved(r) for r in records])
         if offset is not None:
             response.next_page_offset.CopyFrom(grpc_point_id(offset))
@@ -843,8 +937,8 @@ class PointsServicer(_Servicer, pb.PointsServicer):
 
     @_rpc
     def Count(self, request, context):
-        c = self.collection(request.collection_name)
-        count = c.shard.count(qe.CountRequest(exact=True, filter=optional_filter(request)))
+        with self.reading(request.collection_name, context) as c:
+            count = c.shard.count(qe.CountRequest(exact=True, filter=optional_filter(request)))
         return pb.CountResponse(result=pb.CountResult(count=count))
 
     def _query_request(self, c: Collection, request: pb.QueryPoints) -> qe.QueryRequest:
@@ -891,15 +985,15 @@ class PointsServicer(_Servicer, pb.PointsServicer):
 
     @_rpc
     def Query(self, request, context):
-        c = self.collection(request.collection_name)
-        points = c.shard.query(self._query_request(c, request))
+        with self.reading(request.collection_name, context) as c:
+            points = c.shard.query(self._query_request(c, request))
         return pb.QueryResponse(result=[scored(p) for p in points])
 
     @_rpc
     def QueryBatch(self, request, context):
-        c = self.collection(request.collection_name)
-        requests = [self._query_request(c, q) for q in request.query_points]
-        results = c.shard.query_batch(qe.QueryBatchRequest(requests))
+        with self.reading(request.collection_name, context) as c:
+            requests = [self._query_request(c, q) for q in request.query_points]
+            results = c.shard.query_batch(qe.QueryBatchRequest(requests))
         return pb.QueryBatchResponse(result=[pb.BatchResult(result=[scored(p) for p in r]) for r in results])
 
 
@@ -962,12 +1056,42 @@ class Service:
         self.idle_s = idle_s
         self.store = Store(root)
         self.token = secrets.token_hex(32)
+        self.instance = uuid.uuid4().hex[:12]  # revisions of another run never match ours
+        self._snapshots: Dict[str, Any] = {}  # lease -> (collection, deadline)
+        self._snapshots_lock = threading.Lock()
         self._last_request = time.monotonic()
         self._stopping = threading.Event()
         self.server: Optional[grpc.Server] = None
 
     def touch(self) -> None:
         self._last_request = time.monotonic()
+
+    def begin_snapshot(self, collection: Collection) -> str:
+        """A read hold on ``collection`` across requests (the pages of one
+        logical read), until ended or its lease runs out (a client killed
+        mid-read never blocks writers for long)."""
+        collection.lock.acquire("r")
+        with collection.lock._cond:
+            collection.lock.snapshots += 1
+        lease = uuid.uuid4().hex
+        with self._snapshots_lock:
+            self._snapshots[lease] = (collection, time.monotonic() + SNAPSHOT_LEASE_S)
+        return lease
+
+    def end_snapshot(self, lease: str, expired_only: bool = False) -> None:
+        with self._snapshots_lock:
+            entry = self._snapshots.get(lease)
+            if entry is None or (expired_only and entry[1] > time.monotonic()):
+                return
+            del self._snapshots[lease]
+        collection = entry[0]
+        with collection.lock._cond:
+            collection.lock.snapshots -= 1
+        collection.lock.release("r")
+
+    def expire_snapshots(self) -> None:
+        for lease in list(self._snapshots):
+            self.end_snapshot(lease, expired_only=True)
 
     def start(self) -> int:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -987,6 +1111,7 @@ class Service:
         """Returns when the service should stop: idle with no client alive,
         its service file replaced or its store deleted, or a signal."""
         while not self._stopping.wait(1.0):
+            self.expire_snapshots()
             try:
                 if os.stat(service_file).st_ino != inode:
                     logger.info("Service file replaced: stopping")

@@ -389,3 +389,27 @@ def test_a_store_of_the_old_layout_migrates_once_losing_nothing(dataset_factory,
     os.kill(local.read_address(store_path).pid, signal.SIGKILL)
     emb, _, _ = index.get_embeddings([sample_ids[0]])
     np.testing.assert_allclose(emb[0], X[0] * 2, rtol=1e-5)
+
+
+# -- numpy straight into the wire format ------------------------------------------
+
+
+@pytest.mark.parametrize("vector_name", [None, "img"])
+@pytest.mark.parametrize("id_kind", ["uuid", "int"])
+def test_wire_encoding_equals_the_generated_messages(vector_name, id_kind):
+    from fiftyone_qdrant.wire import encode_upsert
+
+    X = random_embeddings(7, 5, seed=4)
+    ids = _ids(7, id_kind)
+    payloads = [{"sample_id": "%024x" % i, "embedding_norm": 1.5 + i, "n": -i, "ok": bool(i % 2),
+                 "nested": {"a": [1, "x", None]}, "ключ": "значение"} for i in range(6)] + [{}]
+    expected = pb.UpsertPoints(collection_name="c", wait=True)
+    for point_id, row, payload in zip(ids, X.tolist(), payloads):
+        from qdrant_client.conversions.conversion import payload_to_grpc
+
+        p = pb.PointStruct(id=pb.PointId(uuid=point_id) if id_kind == "uuid" else pb.PointId(num=point_id),
+                           payload=payload_to_grpc(payload))
+        vector = p.vectors.vectors.vectors[vector_name] if vector_name else p.vectors.vector
+        vector.dense.data.extend(row)
+        expected.points.append(p)
+    assert pb.UpsertPoints.FromString(encode_upsert("c", ids, X, payloads, vector_name)) == expected

@@ -1,0 +1,118 @@
+"""Qdrant's protobuf ``UpsertPoints`` written straight from numpy.
+
+Building one ``PointStruct`` message per point costs ~50 us at 512-d (a
+Python float per component, then protobuf's own conversion); writing the
+wire format directly costs ~3 us: a point's vector is its float32 row's
+bytes as they are (protobuf packs repeated floats as little-endian
+float32). The result is parsed back into the generated message (in C,
+~1 us per point) and sent through qdrant-client's own gRPC stub, so the
+call on the wire is the one qdrant-client makes.
+
+Field numbers are those of Qdrant's ``points.proto`` (checked against the
+generated descriptors by the tests).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+# (field number << 3) | wire type; 2 = length-delimited, 0 = varint, 1 = 64-bit
+_LEN, _VARINT, _I64 = 2, 0, 1
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint((number << 3) | wire_type)
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _tag(number, _LEN) + _varint(len(payload)) + payload
+
+
+# UpsertPoints.collection_name = 1, wait = 2, points = 3
+# PointStruct.id = 1, payload = 3 (map<string, Value>), vectors = 4
+# PointId.num = 1, uuid = 2; Vectors.vector = 1, vectors = 2 (NamedVectors:
+# map<string, Vector> vectors = 1); Vector.dense = 101; DenseVector.data = 1
+# Value.double_value = 2, integer_value = 3, string_value = 4, bool_value = 5
+_POINT_ID_UUID, _POINT_ID_NUM = 2, 1
+_VALUE_DOUBLE, _VALUE_INT, _VALUE_STRING, _VALUE_BOOL = 2, 3, 4, 5
+
+
+def _value(value: Any) -> bytes:
+    if isinstance(value, str):
+        return _len_field(_VALUE_STRING, value.encode())
+    if isinstance(value, bool):
+        return _tag(_VALUE_BOOL, _VARINT) + (b"\x01" if value else b"\x00")
+    if isinstance(value, int):
+        return _tag(_VALUE_INT, _VARINT) + _varint(value)
+    if isinstance(value, float):
+        return _tag(_VALUE_DOUBLE, _I64) + struct.pack("<d", value)
+    from qdrant_client.conversions.conversion import json_to_value
+
+    return json_to_value(value).SerializeToString()
+
+
+def _payload(payload: Dict[str, Any]) -> bytes:
+    return b"".join(
+        _len_field(3, _len_field(1, key.encode()) + _len_field(2, _value(value))) for key, value in payload.items()
+    )
+
+
+def _point_id(point_id) -> bytes:
+    if isinstance(point_id, str):
+        return _len_field(1, _len_field(_POINT_ID_UUID, point_id.encode()))
+    return _len_field(1, _tag(_POINT_ID_NUM, _VARINT) + _varint(int(point_id)))
+
+
+def encode_upsert(
+    collection_name: str,
+    point_ids: Sequence[Any],
+    vectors: np.ndarray,
+    payloads: Sequence[Dict[str, Any]],
+    vector_name: Optional[str] = None,
+    wait: bool = True,
+) -> bytes:
+    """The serialized ``UpsertPoints`` of dense float32 rows."""
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    row_bytes = vectors.shape[1] * 4
+    raw = memoryview(vectors.tobytes())
+    # DenseVector{data} inside Vector.dense, the same head for every row
+    dense_head = _tag(1, _LEN) + _varint(row_bytes)
+    vector_len = len(dense_head) + row_bytes
+    vector_head = _tag(101, _LEN) + _varint(vector_len) + dense_head
+    vector_msg_len = len(vector_head) + row_bytes
+    if vector_name:
+        key = _len_field(1, vector_name.encode())
+        entry_len = len(key) + len(_tag(2, _LEN)) + len(_varint(vector_msg_len)) + vector_msg_len
+        named_head = _tag(1, _LEN) + _varint(entry_len) + key + _tag(2, _LEN) + _varint(vector_msg_len)
+        inner_len = len(named_head) + vector_msg_len
+        vectors_head = _tag(4, _LEN) + _varint(len(_tag(2, _LEN)) + len(_varint(inner_len)) + inner_len)
+        vectors_head += _tag(2, _LEN) + _varint(inner_len) + named_head + vector_head
+    else:
+        inner_len = vector_msg_len
+        vectors_head = _tag(4, _LEN) + _varint(len(_tag(1, _LEN)) + len(_varint(inner_len)) + inner_len)
+        vectors_head += _tag(1, _LEN) + _varint(inner_len) + vector_head
+    parts: List[bytes] = [_len_field(1, collection_name.encode()), _tag(2, _VARINT) + (b"\x01" if wait else b"\x00")]
+    points_tag = _tag(3, _LEN)
+    for row, (point_id, payload) in enumerate(zip(point_ids, payloads)):
+        head = _point_id(point_id) + (_payload(payload) if payload else b"")
+        body_len = len(head) + len(vectors_head) + row_bytes
+        parts.append(points_tag + _varint(body_len) + head + vectors_head)
+        parts.append(raw[row * row_bytes : (row + 1) * row_bytes])
+    return b"".join(parts)
