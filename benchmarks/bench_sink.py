@@ -1,29 +1,38 @@
 #!/usr/bin/env python
 """Streaming sink throughput: ``fiftyone_qdrant.sink`` vs one upsert per
-record (what Qdrant's reference Fluvio connector does), on the same embedded
-engine and the same records.
+record, on the same embedded engine and the same records.
 
-    python benchmarks/bench_sink.py                    # 20k 512-d records
-    python benchmarks/bench_sink.py --records 5000 --dim 128
+    python benchmarks/bench_sink.py                    # 20k 512-d records, 3 interleaved rounds
+    python benchmarks/bench_sink.py --records 5000 --dim 128 --rounds 5
     python benchmarks/bench_sink.py --json out.json
 
 Every path starts from the same JSON lines (connector format, with a
-``sample_id`` payload) and parses them with the same validation core, so
-the difference is batching alone:
+``sample_id`` payload) and times reading, parsing and writing them:
 
 * **sink**: ``QdrantSink`` over a file source, the full production path:
-  batches of ``--batch-size``, dead-letter file, writes made durable and
-  the file offset checkpointed every 5 s and at the end, collection created
-  from the first record;
-* **per record**: the reference connector's behaviour, each record one
-  durable write through the store (``EmbeddedStore.upsert_points(name,
-  [point])``: lock, write, flush, reload for other processes);
-* **per record, raw engine**: the least one durable write per record can
-  cost on this engine: ``EdgeShard.update([point])`` + ``flush()`` on a shard
-  held open, with none of the store's cross-process coordination.
+  parsing and validation (msgspec fast path), batches of ``--batch-size``,
+  dead-letter file, writes made durable and the file offset checkpointed
+  every 5 s and at the end, collection created from the first record;
+* **fair baseline: one upsert per record, no flush**: the reference
+  connectors' loop at its cheapest on this engine: each line parsed
+  (``json.loads``, no validation) into one ``EdgeShard.update([point])`` on a
+  bare shard held open, flushed once at the end (no durability per record,
+  no cross-process coordination, no checkpoint);
+* **same, parsed with msgspec**: the fair baseline with the sink's fast
+  parser, to show what the parser alone is worth;
+* **per record, durable**: one durable write per record through the store
+  (``EmbeddedStore.upsert_points(name, [point])``: lock, write, flush,
+  reload for other processes), what the reference connector's per-record
+  ``wait=true`` upsert costs here;
+* **per record, durable, raw engine**: ``update([point])`` + ``flush()`` on a
+  bare shard.
 
-One write per record is slow, so the two baselines run on the first
-``--baseline-records`` records (rates are per second, so they compare).
+The sink and the two no-flush baselines run ``--rounds`` times, interleaved
+(sink, baseline, baseline with msgspec, sink, ...), and the medians are
+reported, with CPU time (user + system of this process, engine threads
+included). One durable write per record is slow, so those two run once, on
+the first ``--baseline-records`` records (rates are per second, so they
+compare).
 """
 
 from __future__ import annotations
@@ -33,10 +42,12 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 
+import msgspec
 import numpy as np
 import qdrant_edge as qe
 
@@ -68,18 +79,52 @@ def write_records(path: str, count: int, dim: int, seed: int = 0) -> None:
                 }) + "\n")
 
 
+def _cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def bench_sink(records_path: str, work_dir: str, batch_size: int) -> dict:
     store_path = os.path.join(work_dir, "sink-store")
+    shutil.rmtree(store_path, ignore_errors=True)
     dead_letter = os.path.join(work_dir, "dead.jsonl")
-    started = time.perf_counter()
+    for leftover in (dead_letter, dead_letter + ".checkpoint.json"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    cpu, started = _cpu(), time.perf_counter()
     with QdrantSink(EmbeddedTarget(EmbeddedStore(store_path)), batch_size=batch_size,
                     dead_letter_path=dead_letter) as sink:
         report = sink.run([file_source(records_path, Checkpoint(dead_letter + ".checkpoint.json"))])
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     store = EmbeddedStore(store_path)
     assert store.count(COLLECTION) == report.records == report.written, report.summary()
     store.close()
-    return {"records": report.records, "seconds": elapsed, "records_per_s": report.records / elapsed}
+    return {"records": report.records, "seconds": elapsed, "cpu_seconds": cpu,
+            "records_per_s": report.records / elapsed}
+
+
+def bench_per_record_no_flush(records_path: str, work_dir: str, dim: int, parser: str) -> dict:
+    """The fair baseline: one parsed line, one upsert, no flush per record."""
+    shard_path = os.path.join(work_dir, "per-record-no-flush")
+    shutil.rmtree(shard_path, ignore_errors=True)
+    loads = json.loads if parser == "json" else msgspec.json.decode
+    cpu, started = _cpu(), time.perf_counter()
+    shard = qe.EdgeShard.create(
+        shard_path, qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+                                  wal_enabled=False),
+    )
+    shard.update(qe.UpdateOperation.create_field_index("sample_id", qe.PayloadSchemaType.Keyword))
+    count = 0
+    with open(records_path, "rb", buffering=1 << 20) as f:  # read as the sink reads files
+        for line in f:
+            doc = loads(line)
+            shard.update(qe.UpdateOperation.upsert_points([qe.Point(doc["id"], doc["vectors"], doc["payload"])]))
+            count += 1
+    shard.flush()
+    elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
+    assert shard.count(qe.CountRequest(exact=True)) == count
+    shard.close()
+    return {"records": count, "seconds": elapsed, "cpu_seconds": cpu, "records_per_s": count / elapsed}
 
 
 def _point(line: str) -> qe.Point:
@@ -133,7 +178,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--baseline-records", type=int, default=300,
-                        help="records written one by one for the baselines (default 300)")
+                        help="records written one durable write at a time (default 300)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the sink and the no-flush baselines; medians reported (3)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
@@ -146,28 +193,45 @@ def main() -> None:
               % (args.records, args.dim, size_mb, platform.machine(), os.cpu_count()))
 
         baseline_count = min(args.baseline_records, args.records)
-        results = {
-            "sink": bench_sink(records_path, work_dir, args.batch_size),
-            "per_record": bench_per_record(records_path, work_dir, baseline_count),
-            "per_record_raw_engine": bench_per_record_raw_engine(records_path, work_dir, baseline_count, args.dim),
-        }
+        rounds = {"sink": [], "no_flush_json": [], "no_flush_msgspec": []}
+        for i in range(args.rounds):
+            rounds["sink"].append(bench_sink(records_path, work_dir, args.batch_size))
+            rounds["no_flush_json"].append(bench_per_record_no_flush(records_path, work_dir, args.dim, "json"))
+            rounds["no_flush_msgspec"].append(bench_per_record_no_flush(records_path, work_dir, args.dim, "msgspec"))
+            print("round %d: %s" % (i + 1, ", ".join("%s %.2fs" % (k, v[-1]["seconds"]) for k, v in rounds.items())))
+        results = {name: _median(runs) for name, runs in rounds.items()}
+        results["per_record"] = bench_per_record(records_path, work_dir, baseline_count)
+        results["per_record_raw_engine"] = bench_per_record_raw_engine(records_path, work_dir, baseline_count,
+                                                                       args.dim)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
     sink_rate = results["sink"]["records_per_s"]
     rows = [
         ("fiftyone-qdrant sink (batch %d)" % args.batch_size, results["sink"]),
-        ("one upsert per record (reference connector)", results["per_record"]),
-        ("one upsert per record, raw engine (update+flush)", results["per_record_raw_engine"]),
+        ("fair baseline: 1 upsert/record, no flush (json)", results["no_flush_json"]),
+        ("same, parsed with msgspec", results["no_flush_msgspec"]),
+        ("1 durable upsert/record through the store", results["per_record"]),
+        ("1 durable upsert/record, raw engine (update+flush)", results["per_record_raw_engine"]),
     ]
     print()
-    print("%-50s %9s %9s %12s %9s" % ("", "records", "seconds", "records/s", "speed-up"))
+    print("%-52s %8s %9s %9s %11s %9s" % ("", "records", "seconds", "CPU s", "records/s", "speed-up"))
     for label, r in rows:
-        print("%-50s %9d %9.2f %12.0f %8.1fx" % (label, r["records"], r["seconds"], r["records_per_s"],
-                                                 sink_rate / r["records_per_s"]))
+        cpu = "%9.2f" % r["cpu_seconds"] if "cpu_seconds" in r else "%9s" % "-"
+        print("%-52s %8d %9.2f %s %11.0f %8.2fx" % (label, r["records"], r["seconds"], cpu, r["records_per_s"],
+                                                    sink_rate / r["records_per_s"]))
+    results["rounds"] = rounds
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)
+
+
+def _median(runs: list) -> dict:
+    """Median seconds and CPU seconds over rounds (each key separately)."""
+    seconds = statistics.median(r["seconds"] for r in runs)
+    return {"records": runs[0]["records"], "seconds": seconds,
+            "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
+            "records_per_s": runs[0]["records"] / seconds, "rounds": len(runs)}
 
 
 if __name__ == "__main__":

@@ -34,17 +34,25 @@ Each line is one record:
 id: unsigned integer or UUID string. vectors (alias: vector): a dense list
 (unnamed vector) or a map of name -> dense list | {"indices": [...],
 "values": [...]} (sparse) | list of lists (multi-vector). payload: optional.
-A record with an id and no vectors DELETES that point.
+Deletes are explicit, as in the Kafka connector: a tombstone (value null),
+  {"key": {"collection_name": "images", "id": 7}, "value": null}
+deletes point 7 (a Fluvio record with a key and an empty or null value is
+one). A record with an id and a payload but no vectors updates the payload
+of an existing point (merged, vectors kept) and never deletes anything.
 
 Records are batched per collection; the last record for an id in a batch
 wins. Missing collections are created from their first record (dense sizes,
-sparse names, max-sim multi-vectors, --distance); a first record whose
-payload has sample_id/label_id gets keyword indexes on them, for FiftyOne.
+sparse names, max-sim multi-vectors, --distance) unless
+--no-create-collections; a first record whose payload has
+sample_id/label_id gets keyword indexes on them, for FiftyOne.
 Transient errors are retried with backoff. Records that can never be
 written go to the dead-letter file with the reason. A file's byte offset is
 committed to the checkpoint file only after its records are written, so
 re-running resumes after a crash without loss or duplicates (stdin and
-pipes are not checkpointed).
+pipes are not checkpointed), and writes no dead letter twice. A file is
+read to its current end; a rotated or rewritten file is read from its
+start; an unfinished last line (no newline, not valid JSON) is left for
+the next run.
 
 Exit status: 0 all written, 1 some records dead-lettered, 2 usage or
 configuration error, 3 stopped because Qdrant (or the Fluvio topic) stayed
@@ -83,6 +91,11 @@ def _add_sink_command(subparsers) -> None:
     writing = parser.add_argument_group("writing")
     writing.add_argument("--distance", default="cosine",
                          help="distance of created collections: cosine (default), dotproduct, euclidean, manhattan")
+    writing.add_argument("--collection-name",
+                         help="write every record to this collection, whatever its collection_name says (the Kafka "
+                              "connector's qdrant.collection.name)")
+    writing.add_argument("--no-create-collections", dest="create_collections", action="store_false",
+                         help="dead-letter records for collections that do not exist instead of creating them")
     writing.add_argument("--batch-size", type=int, default=1000, help="points per write, per collection (1000)")
     writing.add_argument("--max-delay", type=float, default=1.0,
                          help="seconds a record may wait in a batch before it is written (1.0)")
@@ -100,7 +113,9 @@ def _add_sink_command(subparsers) -> None:
     fluvio.add_argument("--fluvio-partition", type=int, default=0, help="partition to read (0)")
     fluvio.add_argument("--fluvio-endpoint", help="Fluvio SC address host:port (default: the current Fluvio profile)")
     fluvio.add_argument("--connector-config", help="the reference connector's config.yaml (meta.topic, qdrant.url, "
-                                                   "qdrant.api_key with ${{ secrets.NAME }})")
+                                                   "qdrant.api_key with ${{ secrets.NAME }}); its url is Qdrant's "
+                                                   "gRPC URL (port 6334 by default), used over gRPC as the "
+                                                   "connector does")
     fluvio.add_argument("--secrets", help="connector secrets file (NAME=value lines); the environment is the fallback")
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -111,11 +126,12 @@ def _add_sink_command(subparsers) -> None:
 def _run_sink(args: argparse.Namespace) -> int:
     from . import sink
 
-    url, api_key, topic = args.url, args.api_key, args.fluvio_topic
+    connection, topic = _connection(args), args.fluvio_topic
     if args.connector_config:
         connector = sink.load_connector_config(args.connector_config, args.secrets)
-        url = url or connector.url
-        api_key = api_key or connector.api_key
+        # the connector's url is a gRPC URL: its settings apply unless --url names another server
+        from_config = connector.connection() if not args.url else {"api_key": connector.api_key}
+        connection = {**from_config, **{k: v for k, v in connection.items() if v is not None}}
         topic = topic or connector.topic
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -127,8 +143,10 @@ def _run_sink(args: argparse.Namespace) -> int:
             dead_letter_path=args.dead_letter,
             checkpoint_path=args.checkpoint,
             from_start=args.from_start,
-            connection={**_connection(args), "url": url, "api_key": api_key},
+            connection=connection,
             distance=args.distance,
+            collection_name=args.collection_name,
+            create_collections=args.create_collections,
             batch_size=args.batch_size,
             max_delay_s=args.max_delay,
             commit_interval_s=args.commit_interval,

@@ -54,16 +54,19 @@ class CollectionSpec:
     write_consistency_factor: Optional[int] = None
 
 
+PointId = Any  # a UUID string or an unsigned integer, as Qdrant has it
+
+
 @dataclasses.dataclass
 class PointRecord:
-    id: str
+    id: PointId
     vector: Optional[np.ndarray]
     payload: Dict[str, Any]
 
 
 @dataclasses.dataclass
 class Hit:
-    id: str
+    id: PointId
     score: float
     payload: Dict[str, Any]
 

@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -248,12 +249,58 @@ def resolve_model(
 def load_model_from_spec(spec: Mapping[str, Any], device: Union[str, torch.device, None] = None) -> fom.Model:
     """Rebuilds a model from the JSON spec stored in a run config, in any process.
 
-    The returned model carries its spec (see :func:`model_spec_of`).
+    The returned model carries its spec (see :func:`model_spec_of`). It is
+    kept warm for the next call with the same spec and device in this
+    process (see ``MODEL_CACHE_SIZE``): text prompts in the App server do not
+    reload it per query.
     """
     if not isinstance(spec, Mapping) or not isinstance(spec.get("model"), str):
         raise ValueError("Invalid model spec %r: expected {'model': str, 'model_kwargs': dict}" % (spec,))
     spec = parse_model_spec(spec["model"], spec.get("model_kwargs"))
     device = select_device(device)
+    key = _model_cache_key(spec, device)
+    with _MODEL_CACHE_LOCK:
+        model = _MODEL_CACHE.pop(key, None)
+        if model is not None:
+            _MODEL_CACHE[key] = model  # most recently used last
+            return model
+    model = _build_model_from_spec(spec, device)
+    if MODEL_CACHE_SIZE > 0:
+        with _MODEL_CACHE_LOCK:
+            _MODEL_CACHE[key] = model
+            while len(_MODEL_CACHE) > MODEL_CACHE_SIZE:
+                _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+    return model
+
+
+# Models built from specs, kept warm per process: the App server embeds
+# every text prompt with the model of the index, and FiftyOne reloads the
+# index (hence the model) with the dataset. Keyed by spec, device and the
+# identity (size, mtime) of the local files the spec names, so that a
+# rewritten checkpoint is reloaded. FIFTYONE_QDRANT_MODEL_CACHE_SIZE=0
+# turns the cache off.
+MODEL_CACHE_SIZE = max(0, int(os.environ.get("FIFTYONE_QDRANT_MODEL_CACHE_SIZE", "2") or 0))
+_MODEL_CACHE: "Dict[Tuple[Any, ...], fom.Model]" = {}
+_MODEL_CACHE_LOCK = threading.Lock()
+
+
+def _model_cache_key(spec: Mapping[str, Any], device: torch.device) -> Tuple[Any, ...]:
+    files = []
+    for key in ("pretrained", "config_path"):
+        value = spec["model_kwargs"].get(key)
+        if isinstance(value, str) and os.path.isfile(value):
+            stat = os.stat(value)
+            files.append((value, stat.st_size, stat.st_mtime_ns))
+    return (json.dumps(spec, sort_keys=True), str(device), tuple(files))
+
+
+def clear_model_cache() -> None:
+    """Drops the models kept warm by :func:`load_model_from_spec`."""
+    with _MODEL_CACHE_LOCK:
+        _MODEL_CACHE.clear()
+
+
+def _build_model_from_spec(spec: ModelSpec, device: torch.device) -> fom.Model:
     name, kwargs = spec["model"], dict(spec["model_kwargs"])
     if name.startswith(OPEN_CLIP_PREFIX):
         model = _load_open_clip(name[len(OPEN_CLIP_PREFIX) :], kwargs, device)
@@ -541,6 +588,22 @@ def _fiftyone_model(model: ModelLike) -> fom.Model:
 def _model_device(model: fom.Model) -> torch.device:
     device = getattr(model, "device", None)
     return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def load_model(
+    model: Union[str, fom.Model, ResolvedModel],
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+    device: Union[str, torch.device, None] = None,
+) -> fom.Model:
+    """A FiftyOne model for ``compute_similarity(model=...)``, from a model
+    instance, a zoo model name or ``"open_clip:<ARCH>"`` (see the module
+    docstring).
+
+    A model loaded from a name carries its spec: the Qdrant backend stores
+    it with the run, so that any process (e.g. the App server) reloads the
+    model to embed text prompts. Same as ``resolve_model(...).model``.
+    """
+    return resolve_model(model, model_kwargs, device=device).model
 
 
 # -- streaming embeddings ------------------------------------------------------

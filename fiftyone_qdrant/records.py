@@ -93,16 +93,29 @@ def rename(store: VectorStore, collection_name: str, dataset_name: str, key: str
 
 
 def is_interrupted_build(samples, key: str, config) -> bool:
-    """Whether ``key`` is a run of ours on the same collection that never
-    saved results (its build process died)."""
+    """Whether ``key`` is a run of ours on the same collection whose build
+    never finished (its process died): its results are missing, or saved
+    with ``build_complete: false`` when the build started."""
     dataset = samples._root_dataset
     run_doc = dataset._doc.brain_methods.get(key)
-    if run_doc is None or run_doc.results:
+    if run_doc is None:
         return False
     stored = run_doc.config or {}
     if stored.get("method") != "qdrant":
         return False
-    return config.collection_name is None or stored.get("collection_name") == config.collection_name
+    if config.collection_name is not None and stored.get("collection_name") != config.collection_name:
+        return False
+    if not run_doc.results:
+        return True
+    return saved_results(run_doc).get("build_complete") is False
+
+
+def saved_results(run_doc) -> Dict[str, Any]:
+    """The JSON results a run document holds (FiftyOne keeps them in GridFS)."""
+    from bson import json_util
+
+    run_doc.results.seek(0)
+    return json_util.loads(run_doc.results.read().decode())
 
 
 def list_indexes(**connection) -> List[Dict[str, Any]]:
@@ -134,6 +147,9 @@ def attach_index(dataset, collection_name: str, brain_key: Optional[str] = None,
     vectors). Returns the :class:`QdrantSimilarityIndex`."""
     import fiftyone.brain as fob
 
+    from .engine import validate_collection_name
+
+    validate_collection_name(collection_name)  # before any request names it
     # where compute_similarity() below will look, configured URL included
     store = resolve_settings(path_means_embedded=False, **connection).open()
     if not store.collection_exists(collection_name):

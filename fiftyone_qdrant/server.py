@@ -177,6 +177,12 @@ class ServerStore(VectorStore):
             # to ours as __context__
             raise error
 
+    def reconnect(self) -> None:
+        """A new connection; on the embedded store, to a service started
+        again if the old one is gone."""
+        if self.is_local:
+            self._reconnect()
+
     def _reconnect(self) -> None:
         from .local import read_address
 
@@ -287,6 +293,12 @@ class ServerStore(VectorStore):
                     "`vector_name=%r`" % (name, vector_name)
                 )
             params = vectors
+        if params.multivector_config is not None:
+            dense = sorted(n for n, p in vectors.items() if p.multivector_config is None) if isinstance(vectors, dict) else []
+            raise ConfigError(
+                "Qdrant collection '%s' has no single dense vector named %r: it is a multi-vector. Its dense "
+                "vectors are %s. Pass one of them as `vector_name`" % (name, vector_name, dense)
+            )
         return CollectionSpec(
             dimension=params.size,
             metric=_METRICS_BY_DISTANCE[params.distance],
@@ -400,7 +412,7 @@ class ServerStore(VectorStore):
     def retrieve(self, name, ids, with_vectors=False, vector_name=None) -> List[PointRecord]:
         if self._grpc:
             request = pb.GetPoints(
-                collection_name=name, ids=[pb.PointId(uuid=i) if isinstance(i, str) else pb.PointId(num=i) for i in ids],
+                collection_name=name, ids=[_grpc_point_id(i) for i in ids],
                 with_payload=pb.WithPayloadSelector(enable=True), with_vectors=_grpc_with_vectors(with_vectors, vector_name),
             )
             response = self._call(lambda: self.client.grpc_points.Get(request, timeout=self._timeout()))
@@ -550,7 +562,7 @@ class ServerStore(VectorStore):
             for v in vectors.tolist()
         ]
         responses = self._call(self.client.query_batch_points, collection_name=name, requests=requests)
-        return [[Hit(str(p.id), p.score, p.payload or {}) for p in r.points] for r in responses]
+        return [[Hit(p.id, p.score, p.payload or {}) for p in r.points] for r in responses]
 
     def close(self) -> None:
         """Releases the connection (and, on the embedded store, this
@@ -585,8 +597,13 @@ def _rebind(fn, client):
     return fn
 
 
-def _grpc_id(pid) -> str:
-    return pid.uuid if pid.WhichOneof("point_id_options") == "uuid" else str(pid.num)
+def _grpc_id(pid):
+    """A point id as Qdrant has it: a UUID string or an unsigned integer."""
+    return pid.uuid if pid.WhichOneof("point_id_options") == "uuid" else pid.num
+
+
+def _grpc_point_id(value) -> pb.PointId:
+    return pb.PointId(num=value) if isinstance(value, int) else pb.PointId(uuid=str(value))
 
 
 def _grpc_with_vectors(with_vectors: bool, vector_name: Optional[str]) -> pb.WithVectorsSelector:
@@ -622,7 +639,7 @@ def _grpc_filter(restriction: Optional[IdRestriction]) -> Optional[pb.Filter]:
     if restriction is None:
         return None
     if restriction.field is None:
-        condition = pb.Condition(has_id=pb.HasIdCondition(has_id=[pb.PointId(uuid=v) for v in restriction.values]))
+        condition = pb.Condition(has_id=pb.HasIdCondition(has_id=[_grpc_point_id(v) for v in restriction.values]))
     else:
         condition = pb.Condition(field=pb.FieldCondition(
             key=restriction.field, match=pb.Match(keywords=pb.RepeatedStrings(strings=list(restriction.values)))
@@ -652,7 +669,7 @@ def _record(r, with_vectors: bool, vector_name: Optional[str]) -> PointRecord:
             v = None if isinstance(r.vector, dict) else r.vector
         if isinstance(v, list) and (not v or not isinstance(v[0], list)):  # dense only
             vector = np.asarray(v, dtype=np.float32)
-    return PointRecord(str(r.id), vector, r.payload or {})
+    return PointRecord(r.id, vector, r.payload or {})
 
 
 def _filter(restriction: Optional[IdRestriction]):

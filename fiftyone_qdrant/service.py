@@ -847,55 +847,119 @@ class PointsServicer(_Servicer, pb.PointsServicer):
                 c.revision += 1
         return _ok()
 
+    # engine operations from the messages, shared by the single calls and UpdateBatch
+
+    @staticmethod
+    def _upsert_ops(message) -> List[Any]:
+        if message.HasField("update_filter"):
+            raise unimplemented("Upserts with update_filter")
+        points = [qe.Point(point_id(p.id), engine_vectors(p.vectors), engine_payload(p.payload))
+                  for p in message.points]
+        return [qe.UpdateOperation.upsert_points(points[i : i + WRITE_CHUNK]) for i in range(0, len(points), WRITE_CHUNK)]
+
+    @staticmethod
+    def _delete_op(selector):
+        kind, selected = _selected(selector)
+        return (qe.UpdateOperation.delete_points(selected) if kind == "ids"
+                else qe.UpdateOperation.delete_points_by_filter(selected))
+
+    @staticmethod
+    def _payload_op(message, overwrite: bool = False):
+        payload = grpc_to_payload(message.payload)
+        key = message.key if message.HasField("key") else None
+        kind, selected = _selected(message.points_selector)
+        if overwrite:
+            by_ids, by_filter = qe.UpdateOperation.overwrite_payload, qe.UpdateOperation.overwrite_payload_by_filter
+        else:
+            by_ids, by_filter = qe.UpdateOperation.set_payload, qe.UpdateOperation.set_payload_by_filter
+        return (by_ids if kind == "ids" else by_filter)(selected, payload, key)
+
+    @staticmethod
+    def _delete_payload_op(message):
+        kind, selected = _selected(message.points_selector)
+        keys = list(message.keys)
+        return (qe.UpdateOperation.delete_payload(selected, keys) if kind == "ids"
+                else qe.UpdateOperation.delete_payload_by_filter(selected, keys))
+
+    @staticmethod
+    def _clear_payload_op(selector):
+        kind, selected = _selected(selector)
+        return (qe.UpdateOperation.clear_payload(selected) if kind == "ids"
+                else qe.UpdateOperation.clear_payload_by_filter(selected))
+
+    @staticmethod
+    def _update_vectors_op(message):
+        if message.HasField("update_filter"):
+            raise unimplemented("Vector updates with update_filter")
+        return qe.UpdateOperation.update_vectors(
+            [qe.PointVectors(point_id(p.id), engine_vectors(p.vectors)) for p in message.points]
+        )
+
+    @staticmethod
+    def _delete_vectors_op(message):
+        kind, selected = _selected(message.points_selector)
+        names = list(message.vectors.names)
+        return (qe.UpdateOperation.delete_vectors(selected, names) if kind == "ids"
+                else qe.UpdateOperation.delete_vectors_by_filter(selected, names))
+
+    def _batch_ops(self, operation: pb.PointsUpdateOperation) -> List[Any]:
+        kind = operation.WhichOneof("operation")
+        message = getattr(operation, kind) if kind else None
+        if kind == "upsert":
+            return self._upsert_ops(message)
+        if kind in ("delete_points", "clear_payload"):
+            selector = message.points
+            return [self._delete_op(selector) if kind == "delete_points" else self._clear_payload_op(selector)]
+        if kind in ("delete_deprecated", "clear_payload_deprecated"):
+            return [self._delete_op(message) if kind == "delete_deprecated" else self._clear_payload_op(message)]
+        if kind in ("set_payload", "overwrite_payload"):
+            return [self._payload_op(message, overwrite=kind == "overwrite_payload")]
+        if kind == "delete_payload":
+            return [self._delete_payload_op(message)]
+        if kind == "update_vectors":
+            return [self._update_vectors_op(message)]
+        if kind == "delete_vectors":
+            return [self._delete_vectors_op(message)]
+        raise unimplemented("Points.UpdateBatch operation %r" % kind)
+
     @_rpc
     def Upsert(self, request, context):
-        if request.HasField("update_filter"):
-            raise unimplemented("Points.Upsert with update_filter")
-        points = [qe.Point(point_id(p.id), engine_vectors(p.vectors), engine_payload(p.payload))
-                  for p in request.points]
-        chunks = [qe.UpdateOperation.upsert_points(points[i : i + WRITE_CHUNK])
-                  for i in range(0, len(points), WRITE_CHUNK)]
-        return self._update_all(request.collection_name, chunks, request.ByteSize())
+        return self._update_all(request.collection_name, self._upsert_ops(request), request.ByteSize())
 
     @_rpc
     def Delete(self, request, context):
-        kind, selected = _selected(request.points)
-        op = (qe.UpdateOperation.delete_points(selected) if kind == "ids"
-              else qe.UpdateOperation.delete_points_by_filter(selected))
-        return self._update(request.collection_name, op)
-
-    def _payload_op(self, request, by_ids, by_filter):
-        payload = grpc_to_payload(request.payload)
-        key = request.key if request.HasField("key") else None
-        kind, selected = _selected(request.points_selector)
-        return (by_ids if kind == "ids" else by_filter)(selected, payload, key)
+        return self._update(request.collection_name, self._delete_op(request.points))
 
     @_rpc
     def SetPayload(self, request, context):
-        op = self._payload_op(request, qe.UpdateOperation.set_payload, qe.UpdateOperation.set_payload_by_filter)
-        return self._update(request.collection_name, op, request.ByteSize())
+        return self._update(request.collection_name, self._payload_op(request), request.ByteSize())
 
     @_rpc
     def OverwritePayload(self, request, context):
-        op = self._payload_op(
-            request, qe.UpdateOperation.overwrite_payload, qe.UpdateOperation.overwrite_payload_by_filter
-        )
-        return self._update(request.collection_name, op, request.ByteSize())
+        return self._update(request.collection_name, self._payload_op(request, overwrite=True), request.ByteSize())
 
     @_rpc
     def DeletePayload(self, request, context):
-        kind, selected = _selected(request.points_selector)
-        keys = list(request.keys)
-        op = (qe.UpdateOperation.delete_payload(selected, keys) if kind == "ids"
-              else qe.UpdateOperation.delete_payload_by_filter(selected, keys))
-        return self._update(request.collection_name, op)
+        return self._update(request.collection_name, self._delete_payload_op(request))
 
     @_rpc
     def ClearPayload(self, request, context):
-        kind, selected = _selected(request.points)
-        op = (qe.UpdateOperation.clear_payload(selected) if kind == "ids"
-              else qe.UpdateOperation.clear_payload_by_filter(selected))
-        return self._update(request.collection_name, op)
+        return self._update(request.collection_name, self._clear_payload_op(request.points))
+
+    @_rpc
+    def UpdateVectors(self, request, context):
+        return self._update(request.collection_name, self._update_vectors_op(request), request.ByteSize())
+
+    @_rpc
+    def DeleteVectors(self, request, context):
+        return self._update(request.collection_name, self._delete_vectors_op(request))
+
+    @_rpc
+    def UpdateBatch(self, request, context):
+        """The operations in order; each is acknowledged once applied."""
+        ops_per_operation = [self._batch_ops(o) for o in request.operations]  # all checked before any is applied
+        self._update_all(request.collection_name, [op for ops in ops_per_operation for op in ops], request.ByteSize())
+        return pb.UpdateBatchResponse(result=[pb.UpdateResult(status=pb.UpdateStatus.Completed) for _ in ops_per_operation])
 
     @_rpc
     def CreateFieldIndex(self, request, context):

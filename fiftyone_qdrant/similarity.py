@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -59,31 +60,157 @@ _EXHAUSTIVE_FILTER_DIVISOR = 40
 _MAX_LISTED_IDS = 200_000
 
 
-def _model_fields(model_cls) -> Tuple[str, ...]:
-    return tuple(model_cls.model_fields)
+_U64_MAX = 2**64 - 1  # Qdrant's u64/usize settings
+
+# What Qdrant itself accepts in each partial config (its Rust types and
+# `validate` ranges, lib/collection/src/operations/config_diff.rs and
+# lib/segment/src/types.rs): ("int", min) is an unsigned integer of at
+# least min, ("float", min, max) a finite number in [min, max], "bool" a
+# real bool, a dict a nested config. qdrant-client's models coerce ("yes"
+# becomes True) or accept anything (-1 for a usize); every query or
+# creation would then fail in the engine, far from the cause.
+_PARTIAL_SCHEMAS: Dict[str, Dict[str, Any]] = {
+    "search_params": {
+        "hnsw_ef": ("int", 0),
+        "exact": "bool",
+        "indexed_only": "bool",
+        "quantization": {"ignore": "bool", "rescore": "bool", "oversampling": ("float", 1.0, math.inf)},
+        "acorn": {"enable": "bool", "max_selectivity": ("float", 0.0, 1.0)},
+    },
+    "hnsw_config": {
+        "m": ("int", 0),
+        "ef_construct": ("int", 4),
+        "full_scan_threshold": ("int", 10),
+        "max_indexing_threads": ("int", 0),
+        "on_disk": "bool",
+        "payload_m": ("int", 0),
+        "inline_storage": "bool",
+    },
+    "optimizers_config": {
+        "deleted_threshold": ("float", 0.0, 1.0),
+        "vacuum_min_vector_number": ("int", 100),
+        "default_segment_number": ("int", 0),
+        "max_segment_size": ("int", 1),
+        "memmap_threshold": ("int", 0),
+        "indexing_threshold": ("int", 0),
+        "flush_interval_sec": ("int", 0),
+        "max_optimization_threads": ("int_or_auto", 0),
+        "prevent_unoptimized": "bool",
+    },
+    "wal_config": {
+        "wal_capacity_mb": ("int", 1),
+        "wal_segments_ahead": ("int", 0),
+        "wal_retain_closed": ("int", 0),
+    },
+}
+
+
+def _is_int(value: Any) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_setting(where: str, rule: Any, value: Any) -> Any:
+    """``value`` checked against ``rule`` (see _PARTIAL_SCHEMAS), as the
+    plain Python type Qdrant takes."""
+    if isinstance(rule, dict):
+        return _check_partial(where, rule, value)
+    if rule == "bool":
+        if not isinstance(value, (bool, np.bool_)):
+            raise ConfigError("`%s` must be True or False, got %r" % (where, value))
+        return bool(value)
+    kind, minimum = rule[0], rule[1]
+    if kind == "int_or_auto" and value == "auto":
+        return value
+    if kind in ("int", "int_or_auto"):
+        if not _is_int(value) or not minimum <= value <= _U64_MAX:
+            raise ConfigError(
+                "`%s` must be an integer from %d to %d%s, got %r"
+                % (where, minimum, _U64_MAX, " or 'auto'" if kind == "int_or_auto" else "", value)
+            )
+        return int(value)
+    maximum = rule[2]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+        math.isfinite(float(value)) and minimum <= float(value) <= maximum
+    ):
+        bound = "at least %g" % minimum if maximum == math.inf else "from %g to %g" % (minimum, maximum)
+        raise ConfigError("`%s` must be a number %s, got %r" % (where, bound, value))
+    return float(value)
+
+
+def _check_partial(where: str, schema: Dict[str, Any], value: Any) -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError("`%s` must be a dict, got %r" % (where, value))
+    unknown = sorted(set(value) - set(schema), key=str)
+    if unknown:
+        raise ConfigError("Unknown key(s) %s in `%s`. Valid keys are %s" % (unknown, where, list(schema)))
+    return {k: _check_setting("%s.%s" % (where, k), schema[k], v) for k, v in value.items() if v is not None}
 
 
 def _validate_partial(name: str, value: Any, model_name: str) -> Optional[Dict[str, Any]]:
-    """Checks a partial Qdrant config dict against qdrant-client's model."""
+    """A partial Qdrant config dict, checked with Qdrant's own types and
+    limits, then against qdrant-client's model ``model_name``."""
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise ConfigError("`%s` must be a dict, got %r" % (name, value))
+    try:
+        checked = _check_partial(name, _PARTIAL_SCHEMAS[name], value)
+    except ConfigError as e:
+        if str(e).startswith("Unknown key"):
+            raise
+        raise ConfigError("Invalid `%s`: %s" % (name, e)) from None
     # imported only when needed: importing qdrant_client takes ~2 s
     from qdrant_client import models as qm
 
-    model_cls = getattr(qm, model_name)
-    allowed = _model_fields(model_cls)
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            "Unknown key(s) %s in `%s`. Valid keys are %s" % (unknown, name, list(allowed))
-        )
     try:
-        model_cls(**value)
+        getattr(qm, model_name)(**checked)
     except Exception as e:
         raise ConfigError("Invalid `%s` %r: %s" % (name, value, e)) from None
-    return dict(value)
+    return checked
+
+
+_TRUE_STRINGS = ("true", "yes", "on", "1")
+_FALSE_STRINGS = ("false", "no", "off", "0")
+
+
+def _parse_flag(name: str, value: Any) -> Optional[bool]:
+    """A bool setting given as a bool, or as a string from a config file or
+    the environment ("true"/"false", "yes"/"no", "on"/"off", "1"/"0")."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_STRINGS + _FALSE_STRINGS:
+        return value.strip().lower() in _TRUE_STRINGS
+    if _is_int(value) and value in (0, 1):
+        return bool(value)
+    raise ConfigError("`%s` must be True or False, got %r" % (name, value))
+
+
+_ENV_PREFIX = "FIFTYONE_BRAIN_SIMILARITY_QDRANT_"
+
+
+def _raw_env_setting(name: str, value: Any) -> Any:
+    """``value``, or the raw string of the ``FIFTYONE_BRAIN_SIMILARITY_QDRANT_
+    <NAME>`` variable it was parsed from: FiftyOne's env parsing turns an
+    API key ``0012345`` into the int 12345 and ``ab,cd`` into a list."""
+    if value is None or isinstance(value, str):
+        return value
+    raw = os.environ.get(_ENV_PREFIX + name.upper())
+    if raw is None:
+        return value
+    from fiftyone.brain.config import _parse_env_value
+
+    return raw if _parse_env_value(raw) == value else value
+
+
+def _string_setting(name: str, value: Any) -> Optional[str]:
+    value = _raw_env_setting(name, value)
+    if value is None or isinstance(value, str):
+        return value
+    if _is_int(value):  # e.g. an API key given as a number
+        return str(value)
+    raise ConfigError("`%s` must be a string, got %r" % (name, value))
 
 
 def _float32_chunks(embeddings: np.ndarray, rows: int = 8192):
@@ -124,6 +251,14 @@ def _payloads(sample_ids: np.ndarray, label_ids: Optional[np.ndarray], norms: Op
         for payload, lid in zip(payloads, label_ids.tolist()):
             payload["label_id"] = lid
     return payloads
+
+
+def _port_setting(value: Any) -> Any:
+    """A gRPC port given as a string of digits (config file, environment)
+    becomes an int; anything else is checked by ConnectionSettings."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
 
 
 def _positive_int(name: str, value: Any) -> Optional[int]:
@@ -184,7 +319,7 @@ class QdrantSimilarityConfig(SimilarityConfig):
         model_spec: Optional[dict] = None,
         **kwargs,
     ):
-        from .embedded import validate_collection_name
+        from .engine import validate_collection_name
 
         metric = metric or "cosine"
         if metric not in METRICS:
@@ -223,11 +358,12 @@ class QdrantSimilarityConfig(SimilarityConfig):
         self.model_spec = model_spec
 
         # Credentials are private so that they are never serialized
-        self._url = url
-        self._api_key = str(api_key) if api_key is not None else None
-        self._grpc_port = grpc_port
-        self._prefer_grpc = prefer_grpc
-        self._https = https
+        self.path = _string_setting("path", path)
+        self._url = _string_setting("url", url)
+        self._api_key = _string_setting("api_key", api_key)
+        self._grpc_port = _port_setting(grpc_port)
+        self._prefer_grpc = _parse_flag("prefer_grpc", prefer_grpc)
+        self._https = _parse_flag("https", https)
 
         self.connection_settings()  # validates, never connects
 
@@ -235,14 +371,16 @@ class QdrantSimilarityConfig(SimilarityConfig):
     def method(self) -> str:
         return "qdrant"
 
-    url = property(lambda self: self._url, lambda self, v: setattr(self, "_url", v))
+    url = property(lambda self: self._url, lambda self, v: setattr(self, "_url", _string_setting("url", v)))
     api_key = property(
         lambda self: self._api_key,
-        lambda self, v: setattr(self, "_api_key", None if v is None else str(v)),
+        lambda self, v: setattr(self, "_api_key", _string_setting("api_key", v)),
     )
-    grpc_port = property(lambda self: self._grpc_port, lambda self, v: setattr(self, "_grpc_port", v))
-    prefer_grpc = property(lambda self: self._prefer_grpc, lambda self, v: setattr(self, "_prefer_grpc", v))
-    https = property(lambda self: self._https, lambda self, v: setattr(self, "_https", v))
+    grpc_port = property(lambda self: self._grpc_port, lambda self, v: setattr(self, "_grpc_port", _port_setting(v)))
+    prefer_grpc = property(
+        lambda self: self._prefer_grpc, lambda self, v: setattr(self, "_prefer_grpc", _parse_flag("prefer_grpc", v))
+    )
+    https = property(lambda self: self._https, lambda self, v: setattr(self, "_https", _parse_flag("https", v)))
 
     @property
     def max_k(self):
@@ -263,6 +401,7 @@ class QdrantSimilarityConfig(SimilarityConfig):
         self._load_parameters(
             **{k: v for k, v in given.items() if v is not None or getattr(self, k) is None}
         )
+        self.path = _string_setting("path", self.path)  # the setters check the others
 
     def connection_settings(self) -> ConnectionSettings:
         return ConnectionSettings(
@@ -297,6 +436,123 @@ class QdrantSimilarityConfig(SimilarityConfig):
         )
 
 
+def _slug(text: str) -> str:
+    try:
+        return fou.to_slug(text)
+    except ValueError:  # nothing slug-friendly in it ("ключ", "_"), or too long
+        return ""
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def default_collection_name(store, dataset_name: str, key: Optional[str]) -> str:
+    """``fiftyone-<dataset>-<brain key>`` as slugs (a digest for a name with
+    no slug-friendly character), suffixed ``-2``, ``-3``... past collections
+    that exist: a collection left by a renamed or deleted run keeps its
+    vectors, and a new run never writes into it."""
+    root = "fiftyone-" + (_slug(dataset_name) or "dataset-" + _digest(dataset_name))
+    if key:
+        root += "-" + (_slug(key) or "key-" + _digest(key))
+    root = root[:200]
+    name, suffix = root, 1
+    while store.collection_exists(name):
+        suffix += 1
+        name = "%s-%d" % (root, suffix)
+    return name
+
+
+# Settings of an interrupted build that a re-run must share to resume it
+_RESUME_FIELDS = ("model", "model_kwargs", "model_spec", "patches_field", "roi_field", "embeddings_field", "metric", "vector_name")
+# Relative difference between an indexed embedding and the same image
+# embedded again above which the models are not the same (float16 on a GPU
+# vs float32 on a CPU differ by ~1e-3)
+_SAME_MODEL_TOLERANCE = 0.05
+
+
+def _embedding_differences(store, name, spec: CollectionSpec, config, samples, args: Dict[str, Any]) -> List[str]:
+    """How the embeddings this compute_similarity() call would add differ
+    from those already in the collection (dimension, model)."""
+    patches_field = config.patches_field or config.roi_field
+    embeddings = args.get("embeddings")
+    if args.get("embeddings_exist") and args.get("embeddings_field"):
+        dimension = _field_dimension(samples, args["embeddings_field"], patches_field)
+    elif embeddings is False:
+        return []  # attaching what is there
+    elif isinstance(embeddings, (np.ndarray, list, tuple)):
+        dimension = _as_2d_numeric(embeddings).shape[1]
+    elif args.get("_model") is not None:
+        return _model_differences(store, name, spec, config, samples, args["_model"])
+    else:
+        return []
+    if dimension is None or dimension == spec.dimension:
+        return []
+    return ["dimension: %d before, %d now" % (spec.dimension, dimension)]
+
+
+def _field_dimension(samples, field: str, patches_field: Optional[str]) -> Optional[int]:
+    if patches_field is not None:
+        _, path = samples._get_label_field_path(patches_field, field)
+        values = samples.limit(100).values(path, unwind=True)
+    else:
+        values = samples.exists(field).limit(1).values(field)
+    first = next((v for v in values if v is not None), None)
+    return None if first is None else int(np.asarray(first).size)
+
+
+def _model_differences(store, name, spec: CollectionSpec, config, samples, model) -> List[str]:
+    """Embeds one already indexed image (or patch) with ``model`` and
+    compares it with its indexed embedding: a different model, even one of
+    the same dimension and class, gives a different vector."""
+    from .models import iter_embedding_batches
+
+    patches = config.patches_field
+    page = next(iter(store.scroll(name, with_vectors=True, page_size=8, vector_name=config.vector_name)), [])
+    for record in page:
+        if record.vector is None:
+            continue
+        derived = idmap.from_point_id(record.id)
+        sample_id = record.payload.get("sample_id") or (None if patches else derived)
+        label_id = (record.payload.get("label_id") or derived) if patches else None
+        if not sample_id or not idmap.is_object_id(sample_id):
+            continue
+        batches = iter_embedding_batches(
+            samples.select(sample_id), model, patches_field=patches, num_workers=0, progress=False
+        )
+        try:
+            rows = [
+                batch.embeddings[i]
+                for batch in batches
+                for i in range(len(batch))
+                if label_id is None or batch.label_ids[i] == label_id
+            ]
+        finally:
+            batches.close()
+        if not rows:
+            continue  # that image cannot be read now: try another
+        new = np.asarray(rows[0], dtype=np.float64).ravel()
+        if new.shape[0] != spec.dimension:
+            return [
+                "dimension: the index stores %d-d embeddings, this model gives %d-d ones"
+                % (spec.dimension, new.shape[0])
+            ]
+        norm = record.payload.get(_NORM_KEY)
+        old = np.asarray(record.vector, dtype=np.float64) * (norm if norm is not None else 1.0)
+        if config.metric == "cosine":
+            old, new = old / max(np.linalg.norm(old), 1e-30), new / max(np.linalg.norm(new), 1e-30)
+        difference = np.linalg.norm(old - new) / max(np.linalg.norm(old), np.linalg.norm(new), 1e-30)
+        if difference > _SAME_MODEL_TOLERANCE:
+            return [
+                "model: this model embeds sample %s differently from the index (relative difference %.3f), "
+                "so it is not the model the build started with" % (sample_id, difference)
+            ]
+        return []
+    return []
+
+
 class QdrantSimilarity(Similarity):
     """Qdrant similarity factory."""
 
@@ -306,28 +562,46 @@ class QdrantSimilarity(Similarity):
         fou.ensure_package("qdrant-client")
         settings = self.config.connection_settings()
         if settings.is_embedded:
-            fou.ensure_package("qdrant-edge-py")
+            fou.ensure_package("qdrant-edge-py")  # the local service's engine
         settings.open().list_collections()
 
     def ensure_usage_requirements(self):
         fou.ensure_package("qdrant-client")
 
     def register_run(self, samples, key, overwrite=True, cleanup=True):
-        # A build killed before it saved results leaves a run without
-        # results; re-running the same build replaces it and resumes
-        if key is not None and not overwrite and records.is_interrupted_build(samples, key, self.config):
+        """Everything that can fail (collection naming, the attached
+        collection's vector, resuming) is checked before FiftyOne registers
+        the run, so a failure leaves no brain key behind. The run is then
+        saved at once with results marked incomplete: a build killed later
+        loads as its partial index, and re-running the same call resumes it."""
+        resuming = key is not None and not overwrite and records.is_interrupted_build(samples, key, self.config)
+        if resuming:
+            run_doc = samples._root_dataset._doc.brain_methods[key]
+            stored = run_doc.config or {}
             # resume in the collection the interrupted build was writing
-            stored = samples._root_dataset._doc.brain_methods[key].config or {}
             if self.config.collection_name is None:
                 self.config.collection_name = stored.get("collection_name")
+            self._check_resumable(samples, key, stored, bool(run_doc.results), compute_similarity_args(sys._getframe(1)))
+        else:
+            self.validate_run(samples, key, overwrite=overwrite)
+        self._prepare_collection(samples, key)
+        if resuming:
             type(self).delete_run(samples, key, cleanup=False)
         super().register_run(samples, key, overwrite=overwrite, cleanup=cleanup)
+        try:
+            index = QdrantSimilarityIndex(samples, self.config, key, backend=self)
+            index._building = True
+            super().save_run_results(samples, key, index, overwrite=True, cache=False)
+        except BaseException:
+            type(self).delete_run(samples, key, cleanup=False)
+            raise
+        self._registered = (key, index)
 
     @classmethod
     def save_run_results(cls, samples, key, run_results, overwrite=True, cache=True):
-        super().save_run_results(samples, key, run_results, overwrite=overwrite, cache=cache)
         if run_results is not None:
             run_results._building = False  # the build is over, with or without a brain key
+        super().save_run_results(samples, key, run_results, overwrite=overwrite, cache=cache)
         if run_results is None or key is None:
             return
         store = run_results.store
@@ -336,9 +610,71 @@ class QdrantSimilarity(Similarity):
             records.save(store, run_results.collection_name, records.make_record(run_results, spec.dimension if spec else None))
 
     def initialize(self, samples, brain_key):
-        index = QdrantSimilarityIndex(samples, self.config, brain_key, backend=self)
+        registered = getattr(self, "_registered", None)
+        self._registered = None
+        if registered is not None and registered[0] == brain_key and brain_key is not None:
+            index = registered[1]
+        else:
+            self._prepare_collection(samples, brain_key)
+            index = QdrantSimilarityIndex(samples, self.config, brain_key, backend=self)
+            index._building = True
         index._build_from_caller(compute_similarity_args(sys._getframe(1)))  # our caller's frame
         return index
+
+    def _prepare_collection(self, samples, key) -> None:
+        """Names the collection of a new index (any brain key and dataset
+        name gives a valid, unused name) and checks that an existing
+        collection has the dense vector to use."""
+        store = self.config.connection_settings().open()
+        if self.config.collection_name is None:
+            self.config.collection_name = default_collection_name(store, samples._root_dataset.name, key)
+        elif store.collection_exists(self.config.collection_name):
+            spec = store.get_spec(self.config.collection_name, self.config.vector_name)  # raises ConfigError
+            if self.config.metric != spec.metric:
+                logger.info(
+                    "Collection '%s' uses metric '%s'; using it instead of '%s'",
+                    self.config.collection_name, spec.metric, self.config.metric,
+                )
+                self.config.metric = spec.metric
+
+    def _check_resumable(self, samples, key, stored: Dict[str, Any], has_results: bool, args) -> None:
+        """Refuses to resume an interrupted build with anything that would
+        mix two kinds of embeddings in one index: another model, patches
+        field, metric or dimension."""
+        store = self.config.connection_settings().open()
+        name = self.config.collection_name
+        if name is None or not store.collection_exists(name):
+            return
+        count = store.count(name)
+        if count == 0:
+            return  # nothing to mix with
+        new = self.config.serialize()
+        differences = [
+            "%s: %r before, %r now" % (field, stored.get(field), new.get(field))
+            for field in _RESUME_FIELDS
+            if stored.get(field) != new.get(field) and field in stored
+        ]
+        try:
+            spec = store.get_spec(name, self.config.vector_name)
+        except QdrantBackendError as e:
+            differences.append("vector: %s" % e)
+            spec = None
+        if spec is not None:
+            if spec.metric != self.config.metric:
+                differences.append("metric: the collection stores %r vectors, this call asks for %r" % (spec.metric, self.config.metric))
+            differences.extend(_embedding_differences(store, name, spec, self.config, samples, args or {}))
+        if not differences:
+            return
+        if has_results:
+            rebuild = "dataset.load_brain_results(%r).cleanup(); dataset.delete_brain_run(%r)" % (key, key)
+        else:
+            rebuild = "dataset.delete_brain_run(%r) (collection '%s' keeps its vectors; a new build gets a new collection)" % (key, name)
+        raise ConfigError(
+            "Brain key %r is a build that did not finish: Qdrant collection '%s' holds %d embeddings written before "
+            "it stopped, and this call cannot resume it without mixing two kinds of embeddings in one index (%s). "
+            "To resume it, re-run compute_similarity() with the arguments of the interrupted build. To rebuild it "
+            "from scratch instead, first run %s" % (key, name, count, "; ".join(differences), rebuild)
+        )
 
     def cleanup(self, samples, key):
         """``delete_brain_run()`` forgets the run in the collection but keeps
@@ -371,6 +707,67 @@ def compute_similarity_args(frame, max_hops: Optional[int] = 0) -> Optional[Dict
     return None
 
 
+_URL_PREFIXES = ("http://", "https://")
+
+
+def _is_image_query(item) -> bool:
+    if etau.is_str(item):
+        return item.lower().startswith(_URL_PREFIXES) or os.path.isfile(item)
+    if isinstance(item, np.ndarray):
+        return item.ndim == 3 or (item.ndim == 2 and item.dtype == np.uint8)
+    return type(item).__module__.startswith("PIL.")
+
+
+def _image_queries(query) -> Optional[List[Any]]:
+    """The images of an image query (one, or a list of them), else None."""
+    if _is_image_query(query):
+        return [query]
+    if isinstance(query, (list, tuple)) and query and all(_is_image_query(q) for q in query):
+        if all(isinstance(q, np.ndarray) and q.ndim == 2 for q in query):
+            return None  # a list of 2-d uint8 arrays is ambiguous: not images
+        return list(query)
+    return None
+
+
+def _read_query_image(image) -> np.ndarray:
+    """An ``HxWx3`` uint8 RGB array from a path, URL, PIL image or array."""
+    import eta.core.image as etai
+
+    if etau.is_str(image):
+        if image.lower().startswith(_URL_PREFIXES):
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(image, timeout=30) as response:
+                    data = response.read()
+            except Exception as e:
+                raise InvalidInputError("Could not download the query image %s: %s" % (image, e)) from None
+            try:
+                return _as_rgb(etai.decode(data))
+            except Exception:
+                raise InvalidInputError("The query URL %s is not an image" % image) from None
+        try:
+            return _as_rgb(etai.read(image))
+        except Exception:
+            raise InvalidInputError("The query file %s is not an image" % image) from None
+    if isinstance(image, np.ndarray):
+        return _as_rgb(image)
+    return np.asarray(image.convert("RGB"))
+
+
+def _as_rgb(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = np.stack([pixels] * 3, axis=-1)
+    elif pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = pixels[:, :, :3]
+    elif pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise InvalidInputError("A query image must be HxW or HxWx3 (RGB), got shape %s" % (pixels.shape,))
+    return pixels
+
+
 class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     """A similarity index backed by a Qdrant collection."""
 
@@ -380,6 +777,10 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._ids_cache: Optional[Tuple[Any, np.ndarray, Optional[np.ndarray]]] = None
         self._payload_ids: Optional[bool] = None
         self._built_by_stream = False
+        self._building = False
+        self._interrupted = False
+        self._known_dimension: Optional[int] = None
+        self._warned_duplicates: Optional[Any] = None
         super().__init__(samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         self._initialize()
@@ -388,19 +789,45 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _initialize(self):
         if self.config.collection_name is None:
-            root = "fiftyone-" + fou.to_slug(self._samples._root_dataset.name)
-            if self.key:
-                root += "-" + fou.to_slug(self.key)
-            root = root[:200]
-            # A collection left by a renamed or deleted run keeps its vectors:
-            # a new run gets a name of its own instead of writing into it
-            name, suffix = root, 1
-            while self.store.collection_exists(name):
-                suffix += 1
-                name = "%s-%d" % (root, suffix)
-            self.config.collection_name = name
+            self.config.collection_name = default_collection_name(self.store, self._samples._root_dataset.name, self.key)
             if self.key is not None:
                 self.save_config()
+
+    def attributes(self):
+        # what a loaded index needs to know: whether its build finished, and
+        # the dimension its collection had (a collection deleted under the
+        # run is then an error, not an empty index)
+        return super().attributes() + ["build_complete", "dimension"]
+
+    @property
+    def build_complete(self) -> bool:
+        """False while the build runs, and for a loaded index whose build
+        never finished (its process was killed): re-run compute_similarity()
+        with the same arguments to resume it."""
+        return not (self._building or self._interrupted)
+
+    @property
+    def dimension(self) -> Optional[int]:
+        spec = self._spec if self._spec is not None else (self.spec if self._collection_exists() else None)
+        return spec.dimension if spec is not None else self._known_dimension
+
+    def _collection_exists(self) -> bool:
+        return self.store.collection_exists(self.collection_name)
+
+    def _check_collection(self) -> bool:
+        """Whether the collection exists; raises if it did and is gone (a
+        deleted collection or store must not look like an empty index)."""
+        if self._collection_exists():
+            return True
+        if self._spec is not None or self._known_dimension is not None:
+            raise CollectionNotFoundError(
+                "Qdrant collection '%s' of index %r no longer exists in the %s: it was deleted (or its store "
+                "moved) under this index. Rebuild it with compute_similarity(), or delete the run with "
+                "dataset.delete_brain_run(%r)"
+                % (self.collection_name, self.key or self.collection_name,
+                   self.config.connection_settings().describe(), self.key)
+            )
+        return False
 
     @property
     def store(self):
@@ -410,12 +837,10 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     @property
     def client(self):
-        """The underlying engine: an ``qdrant_edge.EdgeShard`` for embedded
-        stores, a ``qdrant_client.QdrantClient`` for servers."""
-        store = self.store
-        if hasattr(store, "client"):
-            return store.client
-        return store.shard(self.collection_name)
+        """The ``qdrant_client.QdrantClient`` of the index's store: the local
+        Qdrant service of the embedded store, or the server. Available before
+        the collection exists."""
+        return self.store.client
 
     @property
     def collection_name(self) -> str:
@@ -436,7 +861,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _require_spec(self) -> CollectionSpec:
         spec = self.spec
-        if spec is None:
+        if spec is None and not self._check_collection():  # raises if it existed
             raise CollectionNotFoundError(
                 "Qdrant collection '%s' does not exist in the %s. Add embeddings "
                 "with add_to_index(), or rebuild the index with compute_similarity()"
@@ -454,7 +879,15 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def total_index_size(self) -> int:
         if not self.store.collection_exists(self.collection_name):
             return 0
+        if self._counts_by_listing():
+            return len(self._index_ids()[0])
         return self.store.count(self.collection_name)
+
+    def _counts_by_listing(self) -> bool:
+        """Whether the index size is not the point count: points of a named
+        vector collection may lack the vector, and points with foreign ids
+        (written by a pipeline) may repeat a FiftyOne id."""
+        return self.config.vector_name is not None or self._uses_payload_ids()
 
     @property
     def _id_field(self) -> str:
@@ -473,12 +906,36 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         label_ids: List[str] = []
         with self.store.snapshot(self.collection_name):
             revision = self.store.revision(self.collection_name)
-            for page in self.store.scroll(self.collection_name, page_size=_SCROLL_PAGE_SIZE, vector_name=self.config.vector_name):
+            # points of a collection with named vectors may lack ours (written
+            # by another tool): only those that have it are in the index
+            with_vectors = self.config.vector_name is not None
+            patches = self.config.patches_field is not None
+            seen: Set[str] = set()
+            points = 0
+            for page in self.store.scroll(
+                self.collection_name, with_vectors=with_vectors, page_size=_SCROLL_PAGE_SIZE,
+                vector_name=self.config.vector_name,
+            ):
                 for record in page:
+                    if with_vectors and record.vector is None:
+                        continue
+                    points += 1
                     sid, lid = self._fiftyone_ids(record)
+                    key = lid if patches else sid
+                    if key in seen:
+                        continue  # another point of the same FiftyOne id
+                    seen.add(key)
                     sample_ids.append(sid)
                     if lid is not None:
                         label_ids.append(lid)
+        if points > len(seen) and self._warned_duplicates != revision:
+            self._warned_duplicates = revision
+            logger.warning(
+                "Qdrant collection '%s' holds %d points for %d %s ids: several points carry the same %s. "
+                "The index counts each id once; queries rank each by its nearest point, get_embeddings() "
+                "returns one of them",
+                self.collection_name, points, len(seen), "label" if patches else "sample", self._id_field,
+            )
         result = (np.array(sample_ids, dtype="<U24"), np.array(label_ids, dtype="<U24") if self.config.patches_field else None)
         self._ids_cache = (revision,) + result
         return result
@@ -527,8 +984,10 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             else:
                 recs = self.store.retrieve(name, idmap.to_point_ids(batch), with_vectors=with_vectors, vector_name=vector_name)
             for record in recs:
+                if with_vectors and record.vector is None:
+                    continue  # the point lacks this index's named vector: not in the index
                 sid, lid = self._fiftyone_ids(record)
-                found[lid if self.config.patches_field else sid] = record
+                found.setdefault(lid if self.config.patches_field else sid, record)  # first point of an id
         return found
 
     def _vector(self, record: PointRecord) -> np.ndarray:
@@ -618,6 +1077,9 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if spec is None:
             self._create_collection(dimension)
 
+        # the embeddings field first: a write killed in between leaves field
+        # values for points to be written again, never points without them
+        self._write_embeddings_field(embeddings, sample_ids, label_ids)
         point_ids = self._point_ids_for_write(keys)
         normalize = self.config.metric == "cosine"
         with fou.ProgressBar(total=len(keys), progress=progress) as pb, self.store.batch(self.collection_name):
@@ -784,13 +1246,66 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if label_ids is not None or self.config.patches_field is None:
             self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
 
-        point_ids = [found[k].id for k in keys if k in found]
+        removed = [k for k in keys if k in found]
+        point_ids = self._all_point_ids(removed, found)
         with self.store.batch(self.collection_name):
             for start in range(0, len(point_ids), _PAGE_SIZE):
                 self.store.delete(self.collection_name, point_ids[start : start + _PAGE_SIZE])
         self._ids_cache = None
+        self._clear_embeddings_field(removed)
         if reload:
             self.reload()
+
+    def _all_point_ids(self, keys: Sequence[str], found: Dict[str, PointRecord]) -> List[str]:
+        """The points of ``keys``: with foreign point ids, several points may
+        carry one FiftyOne id, and removing it removes them all."""
+        point_ids = [found[k].id for k in keys]
+        if not keys or not self._uses_payload_ids():
+            return point_ids
+        seen = set(point_ids)
+        for start in range(0, len(keys), _PAGE_SIZE):
+            restriction = IdRestriction(list(keys[start : start + _PAGE_SIZE]), field=self._id_field)
+            for page in self.store.scroll(self.collection_name, page_size=_PAGE_SIZE, restriction=restriction):
+                for record in page:
+                    if record.id not in seen:
+                        seen.add(record.id)
+                        point_ids.append(record.id)
+        return point_ids
+
+    def _write_embeddings_field(self, embeddings, sample_ids: np.ndarray, label_ids: Optional[np.ndarray]) -> None:
+        """Stores added embeddings in the config's ``embeddings_field`` (on
+        each label for a patches index), as the sklearn backend does; not
+        during a build that reads them from that field."""
+        field = self.config.embeddings_field
+        if field is None or (self._building and getattr(self, "_field_is_source", False)):
+            return
+        import fiftyone.brain.internal.core.utils as fbu
+
+        for start in range(0, len(sample_ids), 10000):
+            stop = start + 10000
+            fbu.add_embeddings(
+                self._samples,
+                [np.asarray(row) for row in embeddings[start:stop]],
+                sample_ids[start:stop].tolist(),
+                label_ids[start:stop].tolist() if label_ids is not None else None,
+                field,
+                patches_field=self.config.patches_field,
+            )
+
+    def _clear_embeddings_field(self, keys: Sequence[str]) -> None:
+        field = self.config.embeddings_field
+        if field is None or not keys:
+            return
+        import fiftyone.brain.internal.core.utils as fbu
+
+        patches = self.config.patches_field is not None
+        fbu.remove_embeddings(
+            self._samples,
+            field,
+            sample_ids=None if patches else list(keys),
+            label_ids=list(keys) if patches else None,
+            patches_field=self.config.patches_field,
+        )
 
     def _patches_of_samples(self, sample_ids: Sequence[str], with_vectors: bool) -> Dict[str, PointRecord]:
         found: Dict[str, PointRecord] = {}
@@ -801,7 +1316,9 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 vector_name=self.config.vector_name,
             ):
                 for record in page:
-                    found[self._fiftyone_ids(record)[1]] = record
+                    if with_vectors and record.vector is None:
+                        continue  # lacks this index's named vector
+                    found.setdefault(self._fiftyone_ids(record)[1], record)
         return found
 
     @staticmethod
@@ -822,7 +1339,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             raise InvalidInputError("This index is not a patches index: pass sample_ids, not label_ids")
         # one state of the collection, however many pages are read
         with self.store.snapshot(self.collection_name):
-            if not self.store.collection_exists(self.collection_name):
+            if not self._check_collection():
                 asked = label_ids if label_ids is not None else sample_ids
                 if asked is not None:  # nothing is indexed yet: every id is missing
                     keys = idmap.validate_ids(asked, "label" if label_ids is not None else "sample")
@@ -847,11 +1364,15 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                     self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
                     records_ = [found[k] for k in keys if k in found]
             else:
-                records_ = [
-                    r
-                    for page in self.store.scroll(self.collection_name, with_vectors=True, vector_name=self.config.vector_name)
-                    for r in page
-                ]
+                records_, seen = [], set()
+                for page in self.store.scroll(self.collection_name, with_vectors=True, vector_name=self.config.vector_name):
+                    for r in page:
+                        key = self._fiftyone_ids(r)[1 if patches else 0]
+                        # points lacking this index's named vector are not in
+                        # it; of several points of one id, the first counts
+                        if r.vector is not None and key not in seen:
+                            seen.add(key)
+                            records_.append(r)
 
         dim = self.spec.dimension if self.spec is not None else 0
         embeddings = np.array([self._vector(r) for r in records_], dtype=np.float32).reshape(len(records_), dim)
@@ -864,11 +1385,12 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         """Deletes the Qdrant collection and everything in it."""
         self.store.delete_collection(self.collection_name)
         self._spec = None
+        self._known_dimension = None  # deleted on purpose: an empty index now
         self._ids_cache = None
 
     def optimize(self):
-        """Builds the HNSW index of an embedded collection (servers do this
-        by themselves). Queries stay exact until then."""
+        """Builds the collection's HNSW index now and returns when it is
+        done on the embedded store (a server builds it in the background)."""
         self.store.optimize(self.collection_name)
 
     # -- queries ------------------------------------------------------------
@@ -888,6 +1410,26 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if metric == "dotproduct":
             return -thresh
         return thresh
+
+    def _parse_query(self, query):
+        """FiftyOne's query parsing (ids, vectors, prompts), plus images:
+        a local image path or an ``http(s)://`` URL, a PIL image, an
+        ``HxWxC`` (or ``HxW`` uint8) array, or a list of these, embedded
+        with the index's model (``get_model()``)."""
+        images = _image_queries(query)
+        if images is None:
+            return super()._parse_query(query)
+        if self.config.model_spec is None and getattr(self.config, "model", None) is None:
+            raise InvalidInputError(
+                "Image queries are embedded with the index's model, and index '%s' has none (it was built "
+                "from precomputed embeddings): pass an embedding vector instead" % (self.key or self.collection_name)
+            )
+        model = self.get_model()
+        import torch
+
+        with model, torch.inference_mode():
+            vectors = np.asarray(model.embed_all([_read_query_image(image) for image in images]), dtype=np.float32)
+        return vectors.reshape(len(images), -1)
 
     def _parse_neighbors_query(self, query) -> Tuple[np.ndarray, bool]:
         """Query vectors (2-d) and whether a single query was given."""
@@ -959,8 +1501,16 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         the view; the request grows until ``k`` in-view hits are found. The
         amount sent to Qdrant thus never grows with the view's size.
         """
+        if self.config.metric == "cosine":
+            zero = np.flatnonzero(np.linalg.norm(vectors, axis=1) == 0)
+            if zero.size:
+                raise InvalidInputError(
+                    "Query vector %d is all zeros, which has no cosine similarity; query with a nonzero "
+                    "vector" % zero[0]
+                )
         total = self.total_index_size
         if total == 0:
+            self._check_collection()  # a collection deleted under the index is an error
             return [[] for _ in vectors]
         if reverse:
             if self.config.metric not in SIMILARITY_METRICS:
@@ -973,14 +1523,27 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         want = total if k is None else min(k, total)
         name, vector_name, params = self.collection_name, self.config.vector_name, self.config.search_params
 
+        # points with foreign ids may repeat a FiftyOne id: such repeats
+        # must not take the place of other ids in the top k
+        dedupe = self._uses_payload_ids()
+        points = self.store.count(name) if dedupe else total
+
         def run(limit, restriction=None):
             threshold = score_threshold
             if threshold is not None and reverse:
                 threshold = -threshold
-            return self.store.query_batch(
-                name, vectors, limit, restriction=restriction, score_threshold=threshold,
-                vector_name=vector_name, search_params=params,
-            )
+            asked = limit
+            while True:
+                hits = self.store.query_batch(
+                    name, vectors, asked, restriction=restriction, score_threshold=threshold,
+                    vector_name=vector_name, search_params=params,
+                )
+                if not dedupe:
+                    return hits
+                unique = [self._unique_hits(h) for h in hits]
+                if asked >= points or all(len(u) >= limit or len(h) < asked for u, h in zip(unique, hits)):
+                    return [u[:limit] for u in unique]
+                asked = min(points, max(2 * asked, asked + 16))
 
         view = self._lazy_view(k, score_threshold)
         if view is not None:
@@ -1108,6 +1671,17 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 return None
             limit = min(total, limit * 4)
 
+    def _unique_hits(self, hits) -> list:
+        """``hits`` without repeats of a FiftyOne id (each keeps its best)."""
+        seen: Set[str] = set()
+        unique = []
+        for hit in hits:
+            key = self._hit_key(hit)
+            if key not in seen:
+                seen.add(key)
+                unique.append(hit)
+        return unique
+
     def _hit_key(self, hit) -> str:
         if self.config.patches_field is not None:
             return hit.payload.get("label_id") or idmap.from_point_id(hit.id)
@@ -1217,6 +1791,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._building = True
         if not args:
             return
+        self._field_is_source = bool(args.get("embeddings_exist"))
         build = self._caller_build(args)
         if build is None:
             return
@@ -1301,4 +1876,17 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     @classmethod
     def _from_dict(cls, d, samples, config, brain_key):
-        return cls(samples, config, brain_key)
+        index = cls(samples, config, brain_key)
+        index._known_dimension = d.get("dimension")
+        if d.get("build_complete") is False:
+            index._interrupted = True
+            try:
+                size = "%d embeddings" % index.total_index_size
+            except QdrantBackendError:
+                size = "the embeddings"
+            logger.warning(
+                "Brain key %r is a build that did not finish (its process stopped, or it is still running): this "
+                "index holds only %s written so far. Re-run the same compute_similarity() call to resume it",
+                brain_key, size,
+            )
+        return index

@@ -123,6 +123,13 @@ def exercise(client: QdrantClient, kind: str) -> dict:
     client.delete("dense", points_selector=qm.PointIdsList(points=ids[:10]))
     client.delete("dense", points_selector=qm.FilterSelector(filter=tag_a))
     out["after_delete"] = sorted(str(r.id) for r in client.scroll("dense", limit=100)[0])
+    client.batch_update_points("dense", update_operations=[
+        qm.UpsertOperation(upsert=qm.PointsList(points=[qm.PointStruct(id=ids[50], vector=X[0].tolist(), payload={"b": 1})])),
+        qm.SetPayloadOperation(set_payload=qm.SetPayload(payload={"batch": 1}, points=[ids[41], ids[43], ids[45]])),
+        qm.DeleteOperation(delete=qm.PointIdsList(points=[ids[47]])),
+        qm.OverwritePayloadOperation(overwrite_payload=qm.SetPayload(payload={"o": 2}, points=[ids[49]])),
+    ])
+    out["after_batch"] = _points(client.retrieve("dense", ids[39:52], with_vectors=True), with_vectors=True)
     client.update_collection("dense", metadata={"owner": None, "stage": 2})
     out["metadata"] = client.get_collection("dense").config.metadata
 
@@ -139,6 +146,9 @@ def exercise(client: QdrantClient, kind: str) -> dict:
     out["named_txt"] = _hits(client.query_points("named", query=Y[1].tolist(), using="txt", limit=5).points)
     out["named_retrieve"] = _points(client.retrieve("named", [ids[0], ids[20]], with_vectors=True), with_vectors=True)
     out["named_only_txt"] = _points(client.retrieve("named", [ids[0]], with_vectors=["txt"]), with_vectors=True)
+    client.update_vectors("named", points=[qm.PointVectors(id=ids[1], vector={"txt": [0.0, 0.0, 1.0]})])
+    client.delete_vectors("named", vectors=["img"], points=[ids[2]])
+    out["named_updated"] = _points(client.retrieve("named", ids[1:3], with_vectors=True), with_vectors=True)
 
     # sparse and multi vectors
     client.create_collection("sparse", vectors_config={},

@@ -3,6 +3,7 @@ format, deletes, dead letters, retries, crash recovery (in-process and a
 SIGKILLed CLI), the CLI itself, and the FiftyOne bridge checked against
 exact numpy rankings. Server paths run only when QDRANT_URL is set."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,14 +15,12 @@ import uuid
 import numpy as np
 import pytest
 
-import qdrant_edge as qe
 
 from fiftyone_qdrant import cli
-from fiftyone_qdrant.embedded import EmbeddedStore
+from fiftyone_qdrant.server import ServerStore
 from fiftyone_qdrant.errors import ConfigError
 from fiftyone_qdrant.sink import (
     Checkpoint,
-    EmbeddedTarget,
     FluvioSource,
     QdrantSink,
     RecordError,
@@ -52,29 +51,43 @@ def line(collection, point_id, vectors=None, payload=None, key="vectors", **extr
     return json.dumps(doc)
 
 
+def tombstone(collection, point_id):
+    """A Kafka-style tombstone: the record's value is null, its key names the point."""
+    return json.dumps({"key": {"collection_name": collection, "id": point_id}, "value": None})
+
+
 def sink_lines(path, lines, dead_letter=None, target=None, **options):
-    target = target or EmbeddedTarget(EmbeddedStore(path))
+    target = target or ServerTarget(ServerStore.local(path))
     with QdrantSink(target, dead_letter_path=dead_letter, **options) as sink:
         return sink.write_lines(lines)
 
 
 def read_points(path, collection):
     """Every point as {id: (vectors by name, payload)}; "" is the unnamed vector."""
-    store = EmbeddedStore(path)
+    store = ServerStore.local(path)
     points, offset = {}, None
     try:
-        with store.reading(collection) as shard:
-            while True:
-                records, offset = shard.scroll(
-                    qe.ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=True)
-                )
-                for r in records:
-                    vector = r.vector if isinstance(r.vector, dict) else {"": r.vector}
-                    points[r.id if isinstance(r.id, int) else str(r.id)] = (vector, r.payload or {})
-                if offset is None:
-                    return points
+        while True:
+            records, offset = store.client.scroll(
+                collection, offset=offset, limit=1000, with_payload=True, with_vectors=True
+            )
+            for r in records:
+                vector = r.vector if isinstance(r.vector, dict) else {"": r.vector}
+                points[r.id if isinstance(r.id, int) else str(r.id)] = (vector, r.payload or {})
+            if offset is None:
+                return points
     finally:
         store.close()
+
+
+def described(path, collection):
+    """The collection's vectors as the sink sees them: name -> (kind, size), and the distance."""
+    target = ServerTarget(ServerStore.local(path))
+    try:
+        schema = target.schema(collection)
+        return {n: (v.kind, v.size) for n, v in schema.vectors.items()}, schema.distance
+    finally:
+        target.close()
 
 
 def dead_letters(path):
@@ -137,27 +150,26 @@ def test_every_connector_message_format_round_trips(tmp_path, name):
             np.testing.assert_allclose(stored[vector_name], value, rtol=1e-6)
 
     # the collection was created from the record's shapes
-    described = EmbeddedStore(path).vector_names("fluvio")
+    shapes, distance = described(path, "fluvio")
+    assert distance == "dotproduct" or all(kind == "sparse" for kind, _ in shapes.values())
     for vector_name, value in expected.items():
         if isinstance(value, dict):
-            assert vector_name in described["sparse"]
+            assert shapes[vector_name][0] == "sparse"
         else:
-            params = described["dense"][vector_name]
-            assert params["metric"] == "dotproduct"
-            assert params["size"] == (len(value[0]) if isinstance(value[0], list) else len(value))
-            assert bool(params.get("multivector")) == isinstance(value[0], list)
+            kind, size = shapes[vector_name]
+            assert size == (len(value[0]) if isinstance(value[0], list) else len(value))
+            assert kind == ("multi" if isinstance(value[0], list) else "dense")
 
 
 def test_cosine_by_default_distance_option_and_multivector_max_sim(tmp_path):
     path = str(tmp_path / "store")
     sink_lines(path, [line("cos", 1, [3, 4])])
     sink_lines(path, [line("l2", 1, {"m": [[1, 0], [0, 1]]})], distance="Euclid")
-    store = EmbeddedStore(path)
-    assert store.vector_names("cos")["dense"][""]["metric"] == "cosine"
-    assert store.vector_names("l2")["dense"]["m"] == {"size": 2, "metric": "euclidean", "multivector": "max_sim"}
+    assert described(path, "cos") == ({"": ("dense", 2)}, "cosine")
+    assert described(path, "l2") == ({"m": ("multi", 2)}, "euclidean")
     np.testing.assert_allclose(read_points(path, "cos")[1][0][""], [0.6, 0.8], rtol=1e-6)  # normalized
     with pytest.raises(ConfigError):
-        QdrantSink(EmbeddedTarget(store), distance="hamming")
+        QdrantSink(ServerTarget(ServerStore.local(path)), distance="hamming")
 
 
 def test_integer_literals_and_vector_alias(tmp_path):
@@ -178,23 +190,25 @@ def test_deletes_and_last_write_wins_inside_a_batch(tmp_path):
     path = str(tmp_path / "store")
     sink_lines(path, [line("c", i, [float(i), 1.0]) for i in range(1, 6)], distance="dotproduct")
     report = sink_lines(path, [
-        line("c", 2),                        # delete: no vectors
-        line("c", 4, None, {"ignored": 1}),  # delete, payload ignored
-        json.dumps({"collection_name": "c", "id": 5, "vectors": None}),  # null vectors: delete
+        tombstone("c", 2),                   # delete
+        tombstone("c", 4),
+        tombstone("c", 5),
         line("c", 6, [6.0, 1.0]),
-        line("c", 6),                        # upsert then delete: gone
-        line("c", 7),
+        tombstone("c", 6),                   # upsert then delete: gone
+        tombstone("c", 7),
         line("c", 7, [7.0, 1.0]),            # delete then upsert: present
         line("c", 1, [10.0, 1.0]),
         line("c", 1, [11.0, 1.0]),           # last write wins
-        line("c", 99),                       # deleting a missing point is fine
-        line("nowhere", 1),                  # ...and from a missing collection
+        tombstone("c", 99),                  # deleting a missing point is fine
+        tombstone("nowhere", 1),             # ...and from a missing collection, reported as such
     ], distance="dotproduct")
     assert report.dead_lettered == 0 and report.superseded == 3
+    assert (report.deleted, report.deletes_in_missing_collections) == (5, 1)
+    assert "1 deletes in missing collections (nothing deleted)" in report.summary()
     points = read_points(path, "c")
     assert sorted(points) == [1, 3, 7]
     assert points[1][0][""] == [11.0, 1.0] and points[7][0][""] == [7.0, 1.0]
-    assert not EmbeddedStore(path).collection_exists("nowhere")
+    assert not ServerStore.local(path).collection_exists("nowhere")
 
 
 def test_uuid_spellings_are_one_id(tmp_path):
@@ -280,7 +294,7 @@ def test_existing_collection_from_fiftyone_is_checked_not_recreated(tmp_path):
     from fiftyone_qdrant.engine import CollectionSpec
 
     path = str(tmp_path / "store")
-    store = EmbeddedStore(path)
+    store = ServerStore.local(path)
     store.create_collection("made-by-fiftyone", CollectionSpec(dimension=3, metric="euclidean"), {"k": "v"})
     store.close()
     dead_letter = str(tmp_path / "dead.jsonl")
@@ -288,7 +302,7 @@ def test_existing_collection_from_fiftyone_is_checked_not_recreated(tmp_path):
     report = sink_lines(path, lines, dead_letter)
     assert (report.written, report.dead_lettered, report.collections_created) == (1, 1, [])
     assert "stores a 3-d dense vector" in dead_letters(dead_letter)[0]["reason"]
-    assert EmbeddedStore(path).get_metadata("made-by-fiftyone") == {"k": "v"}
+    assert ServerStore.local(path).get_metadata("made-by-fiftyone") == {"k": "v"}
 
 
 def test_keyword_indexes_on_fiftyone_ids(tmp_path):
@@ -297,19 +311,19 @@ def test_keyword_indexes_on_fiftyone_ids(tmp_path):
         line("patches", 1, [1, 2], {"sample_id": "a" * 24, "label_id": "b" * 24}),
         line("plain", 1, [1, 2], {"other": 1}),
     ])
-    store = EmbeddedStore(path)
-    with store.reading("patches") as shard:
-        schema = shard.info().payload_schema
+    from qdrant_client import models as qm
+
+    client = ServerStore.local(path).client
+    schema = client.get_collection("patches").payload_schema
     assert sorted(schema) == ["label_id", "sample_id"]
-    assert all(info.data_type == qe.PayloadSchemaType.Keyword for info in schema.values())
-    with store.reading("plain") as shard:
-        assert shard.info().payload_schema == {}
+    assert all(info.data_type == qm.PayloadSchemaType.KEYWORD for info in schema.values())
+    assert client.get_collection("plain").payload_schema == {}
 
 
 # -- retries, rejections and crashes -----------------------------------------
 
 
-class FlakyTarget(EmbeddedTarget):
+class FlakyTarget(ServerTarget):
     """The real engine behind a connection that drops ``failures`` times."""
 
     def __init__(self, store, failures):
@@ -323,7 +337,7 @@ class FlakyTarget(EmbeddedTarget):
         super().upsert(name, records)
 
 
-class RejectingTarget(EmbeddedTarget):
+class RejectingTarget(ServerTarget):
     """Rejects any batch holding a given id, as a server rejects a bad point."""
 
     def __init__(self, store, bad_id):
@@ -340,7 +354,7 @@ class SimulatedCrash(BaseException):
     pass
 
 
-class CrashingTarget(EmbeddedTarget):
+class CrashingTarget(ServerTarget):
     """Dies right after its ``crash_after``-th write has landed, before the
     sink can commit it."""
 
@@ -358,7 +372,7 @@ class CrashingTarget(EmbeddedTarget):
 def test_transient_errors_are_retried_with_backoff(tmp_path):
     path = str(tmp_path / "store")
     delays = []
-    target = FlakyTarget(EmbeddedStore(path), failures=3)
+    target = FlakyTarget(ServerStore.local(path), failures=3)
     report = sink_lines(path, [line("c", i, [i, 1]) for i in range(50)], target=target,
                         batch_size=20, sleep=delays.append, retry_base_s=1.0, retry_max_s=3.0)
     assert (report.written, report.retries, report.dead_lettered) == (50, 3, 0)
@@ -370,21 +384,21 @@ def test_qdrant_down_stops_without_committing_and_a_rerun_resumes(tmp_path):
     path, data = str(tmp_path / "store"), tmp_path / "in.jsonl"
     data.write_text("".join(line("c", i, [i, 1]) + "\n" for i in range(100)))
     checkpoint = Checkpoint(str(tmp_path / "ckpt.json"))
-    target = FlakyTarget(EmbeddedStore(path), failures=10**6)
+    target = FlakyTarget(ServerStore.local(path), failures=10**6)
     with QdrantSink(target, batch_size=30, max_retries=2, sleep=lambda s: None) as sink:
         with pytest.raises(SinkUnavailableError, match="failed 3 times.*run the sink again") as raised:
             sink.run([file_source(str(data), checkpoint)])
     assert raised.value.report.retries == 2
     assert checkpoint.get("file:" + str(data)) is None  # nothing committed
 
-    with QdrantSink(EmbeddedTarget(EmbeddedStore(path)), batch_size=30) as sink:
+    with QdrantSink(ServerTarget(ServerStore.local(path)), batch_size=30) as sink:
         report = sink.run([file_source(str(data), checkpoint)])
     assert report.written == 100 and len(read_points(path, "c")) == 100
 
 
 def test_a_batch_qdrant_rejects_is_bisected_to_the_bad_record(tmp_path):
     path, dead_letter = str(tmp_path / "store"), str(tmp_path / "dead.jsonl")
-    target = RejectingTarget(EmbeddedStore(path), bad_id=13)
+    target = RejectingTarget(ServerStore.local(path), bad_id=13)
     report = sink_lines(path, [line("c", i, [i, 1]) for i in range(40)], dead_letter, target=target, batch_size=40)
     assert (report.written, report.dead_lettered) == (39, 1)
     (letter,) = dead_letters(dead_letter)
@@ -405,7 +419,7 @@ def _stream_with_history(n):
             lines.append(line("c", i - 3, [i, i, i, i], {"n": -i}))
             state[i - 3] = [i, i, i, i]
         if i % 11 == 10:
-            lines.append(line("c", i - 5))
+            lines.append(tombstone("c", i - 5))
             state.pop(i - 5, None)
         if i % 13 == 12:
             bad.append(line("c", i, [1, 2]))
@@ -427,21 +441,21 @@ def test_crash_after_some_batches_then_rerun_gives_every_id_exactly_once(tmp_pat
     data.write_text("\n".join(lines) + "\n")
     key = "file:" + str(data)
 
-    target = CrashingTarget(EmbeddedStore(path), crash_after=4)
+    target = CrashingTarget(ServerStore.local(path), crash_after=4)
     with QdrantSink(target, batch_size=150, dead_letter_path=dead_letter, distance="dotproduct") as sink:
         with pytest.raises(SimulatedCrash):
             sink.run([file_source(str(data), checkpoint)])
     committed = checkpoint.get(key)
     assert 0 < committed < data.stat().st_size
 
-    with QdrantSink(EmbeddedTarget(EmbeddedStore(path)), batch_size=150, dead_letter_path=dead_letter) as sink:
+    with QdrantSink(ServerTarget(ServerStore.local(path)), batch_size=150, dead_letter_path=dead_letter) as sink:
         report = sink.run([file_source(str(data), checkpoint)])
     assert 0 < report.records < len(lines)  # resumed, not restarted
     assert checkpoint.get(key) == data.stat().st_size
     _assert_state(path, state)
     assert {x["line"] for x in dead_letters(dead_letter)} == set(bad)  # at least once each, nothing else
 
-    with QdrantSink(EmbeddedTarget(EmbeddedStore(path)), dead_letter_path=dead_letter) as sink:
+    with QdrantSink(ServerTarget(ServerStore.local(path)), dead_letter_path=dead_letter) as sink:
         assert sink.run([file_source(str(data), checkpoint)]).records == 0  # idempotent re-run
 
 
@@ -465,7 +479,7 @@ class ListSource(Source):
 def test_topic_offsets_are_committed_only_after_their_upsert(tmp_path):
     path = str(tmp_path / "store")
     source = ListSource([line("a" if i % 3 else "b", i, [i, 1]) for i in range(300)])
-    target = CrashingTarget(EmbeddedStore(path), crash_after=5)
+    target = CrashingTarget(ServerStore.local(path), crash_after=5)
     with QdrantSink(target, batch_size=40) as sink:
         with pytest.raises(SimulatedCrash):
             sink.run([source])
@@ -484,14 +498,285 @@ def test_a_collection_deleted_mid_run_is_created_again(tmp_path):
         def __iter__(self):
             for offset, text in super().__iter__():
                 if offset == 51:  # someone deletes the collection meanwhile
-                    EmbeddedStore(path).delete_collection("c")
+                    ServerStore.local(path).delete_collection("c")
                 yield offset, text
 
     source = DeletingSource([line("c", i, [i, 1]) for i in range(100)])
-    with QdrantSink(EmbeddedTarget(EmbeddedStore(path)), batch_size=20) as sink:
+    with QdrantSink(ServerTarget(ServerStore.local(path)), batch_size=20) as sink:
         report = sink.run([source])
     assert report.collections_created == ["c", "c"] and report.dead_lettered == 0
     assert sorted(read_points(path, "c")) == list(range(40, 100))  # 0-39 went with the deletion
+
+
+# -- issue 13: rotation, unfinished lines, exactly-once dead letters, explicit deletes
+
+def _write_lines_file(path, lines, mode="w"):
+    with open(path, mode) as f:
+        f.write("".join(x + "\n" for x in lines))
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])
+def test_a_replaced_longer_file_is_read_from_its_start(tmp_path, how):
+    path, data = str(tmp_path / "store"), str(tmp_path / "in.jsonl")
+    checkpoint = Checkpoint(str(tmp_path / "ckpt.json"))
+    _write_lines_file(data, [line("rot", i, [i, 1]) for i in range(105)])
+    with QdrantSink(ServerTarget(ServerStore.local(path)), distance="dotproduct") as sink:
+        assert sink.run([file_source(data, checkpoint)]).written == 105
+    inode = os.stat(data).st_ino
+
+    # the producer's next file, longer, with other records at other offsets
+    replacement = [line("rot", 1000 + i, [i, 2], {"generation": 2}) for i in range(300)]
+    if how == "renamed over":
+        _write_lines_file(data + ".tmp", replacement)
+        os.replace(data + ".tmp", data)
+        assert os.stat(data).st_ino != inode
+    else:
+        _write_lines_file(data, replacement)
+        assert os.stat(data).st_ino == inode
+    dead_letter = str(tmp_path / "dead.jsonl")
+    with QdrantSink(ServerTarget(ServerStore.local(path)), dead_letter_path=dead_letter) as sink:
+        report = sink.run([file_source(data, checkpoint)])
+    assert (report.records, report.written, report.dead_lettered) == (300, 300, 0)
+    assert sorted(read_points(path, "rot")) == list(range(105)) + list(range(1000, 1300))
+    assert checkpoint.get("file:" + data) == os.path.getsize(data)
+    assert not os.path.exists(dead_letter)
+
+    # appending to the same file is not a replacement: only the new records are read
+    _write_lines_file(data, [line("rot", 5000, [5, 5])], mode="a")
+    with QdrantSink(ServerTarget(ServerStore.local(path))) as sink:
+        report = sink.run([file_source(data, checkpoint)])
+    assert (report.records, report.written) == (1, 1)
+
+
+def test_a_line_the_producer_writes_in_two_parts_is_read_once_finished(tmp_path):
+    path, data = str(tmp_path / "store"), tmp_path / "in.jsonl"
+    dead_letter = str(tmp_path / "dead.jsonl")
+    checkpoint = Checkpoint(dead_letter + ".checkpoint.json")
+    key = "file:" + str(data)
+    whole = line("two", 10, [10, 1], {"n": 10}) + "\n"
+    first, rest = whole[:25], whole[25:]
+    data.write_text("".join(line("two", i, [i, 1]) + "\n" for i in range(10)) + first)  # first write
+
+    def run():
+        with QdrantSink(ServerTarget(ServerStore.local(path)), dead_letter_path=dead_letter,
+                        distance="dotproduct") as sink:
+            return sink.run([file_source(str(data), checkpoint)])
+
+    report = run()
+    assert (report.written, report.dead_lettered) == (10, 0)
+    assert report.unfinished_bytes == 25
+    assert "unfinished last line (25 bytes)" in report.summary()
+    assert checkpoint.get(key) == data.stat().st_size - 25  # committed up to the unfinished line
+    with open(data, "a") as f:  # second write
+        f.write(rest + line("two", 11, [11, 1]) + "\n")
+    report = run()
+    assert (report.records, report.written, report.dead_lettered, report.unfinished_bytes) == (2, 2, 0, 0)
+    points = read_points(path, "two")
+    assert sorted(points) == list(range(12)) and points[10] == ({"": [10.0, 1.0]}, {"n": 10})
+    assert not os.path.exists(dead_letter)
+
+    # a finished last line without a newline is a record; its newline later is nothing new
+    with open(data, "a") as f:
+        f.write(line("two", 12, [12, 1]))
+    assert run().written == 1
+    with open(data, "a") as f:
+        f.write("\n" + line("two", 13, [13, 1]) + "\n")
+    report = run()
+    assert (report.records, report.written, report.dead_lettered) == (1, 1, 0)
+    assert checkpoint.get(key) == data.stat().st_size
+    assert sorted(read_points(path, "two")) == list(range(14))
+
+
+def test_dead_letters_are_written_exactly_once_across_a_crash(tmp_path):
+    path, data = str(tmp_path / "store"), tmp_path / "in.jsonl"
+    dead_letter = str(tmp_path / "dead.jsonl")
+    checkpoint = Checkpoint(dead_letter + ".checkpoint.json")
+    lines, bad = [], []
+    for i in range(1000):
+        if i % 20 == 7:  # 50 records the collection rejects (wrong dimension)
+            bad.append(line("once", i, [1, 2, 3]))
+            lines.append(bad[-1])
+        else:
+            lines.append(line("once", i, [i, 1]))
+    data.write_text("\n".join(lines) + "\n")
+
+    target = CrashingTarget(ServerStore.local(path), crash_after=3)  # dies mid-run, after rejects it had written
+    with QdrantSink(target, batch_size=100, dead_letter_path=dead_letter, distance="dotproduct") as sink:
+        with pytest.raises(SimulatedCrash):
+            sink.run([file_source(str(data), checkpoint)])
+    committed = checkpoint.get("file:" + str(data))
+    first = dead_letters(dead_letter)
+    uncommitted = [x for x in first if x["offset"] > committed]
+    assert uncommitted, "the crash must leave dead letters past the committed offset"
+
+    with QdrantSink(ServerTarget(ServerStore.local(path)), batch_size=100, dead_letter_path=dead_letter) as sink:
+        report = sink.run([file_source(str(data), checkpoint)])
+    letters = dead_letters(dead_letter)
+    assert [x["line"] for x in letters] == bad  # 50 letters, each bad record once, in order
+    assert report.dead_letters_already_written == len(uncommitted)
+    assert report.dead_lettered == 50 - len(first) + len(uncommitted)
+    assert {x["source_key"] for x in letters} == {"file:" + str(data)}
+    assert all(x["collection_name"] == "once" and "dimension 3" in x["reason"] for x in letters)
+    assert [x["id"] for x in letters] == [i for i in range(1000) if i % 20 == 7]
+    assert len(read_points(path, "once")) == 950
+
+
+def test_run_sink_without_a_dead_letter_path_keeps_every_reject(tmp_path, monkeypatch):
+    from fiftyone_qdrant.sink import DEFAULT_DEAD_LETTER_PATH, run_sink
+
+    monkeypatch.chdir(tmp_path)
+    path, data = str(tmp_path / "store"), tmp_path / "in.jsonl"
+    lines = [line("rej", 0, [1.0, 2.0])]
+    for i in range(1, 151):
+        lines.append(line("rej", i, [1.0, 2.0, 3.0]))  # 150 rejects: wrong dimension
+        lines.append(line("rej", 1000 + i, [i, 1.0]))
+    data.write_text("\n".join(lines) + "\n")
+    report = run_sink([str(data)], target=ServerTarget(ServerStore.local(path)))
+    expected_path = str(tmp_path / DEFAULT_DEAD_LETTER_PATH)
+    assert (report.written, report.dead_lettered, report.dead_letter_path) == (151, 150, expected_path)
+    letters = dead_letters(expected_path)
+    assert [x["id"] for x in letters] == list(range(1, 151))
+    assert "dead letters in %s" % expected_path in report.summary()
+    assert Checkpoint(expected_path + ".checkpoint.json").get("file:" + str(data)) == data.stat().st_size
+
+    # the sink itself with no dead-letter file keeps all of them in the report
+    with QdrantSink(ServerTarget(ServerStore.local(path))) as sink:
+        report = sink.write_lines(lines)
+    assert report.dead_letter_path is None and report.dead_lettered == 150
+    assert [x.point_id for x in report.dead_letters] == list(range(1, 151))
+    assert "dead letters in the report (no dead-letter file)" in report.summary()
+
+
+def test_tombstones_delete_and_a_record_without_vectors_never_does(tmp_path):
+    path, dead_letter = str(tmp_path / "store"), str(tmp_path / "dead.jsonl")
+    sink_lines(path, [line("c", i, [i, 1], {"sample_id": "s%d" % i, "n": i}) for i in range(1, 5)],
+               distance="dotproduct")
+    report = sink_lines(path, [
+        line("c", 1),                                          # forgot the vectors: refused, not a delete
+        line("c", 2, payload={"n": 20, "tag": "x"}),           # payload update, merged, vectors kept
+        json.dumps({"collection_name": "c", "id": 3, "vectors": None, "payload": {"tag": "y"}}),
+        tombstone("c", 4),                                     # the explicit delete
+        line("c", 9, payload={"a": 1}),                        # no such point: refused
+        tombstone("gone", 1),                                  # no such collection: reported
+        line("gone", 2, payload={"a": 1}),                     # no such collection: refused
+        json.dumps({"key": {"id": 5}, "value": {"collection_name": "c", "id": 5, "vectors": [5, 1]}}),
+        line("c", 6, [6, 1], {"n": 6}),
+        line("c", 6, payload={"tag": "z"}),                    # after its upsert in the same batch
+        "null",                                                # a tombstone without a key
+    ], dead_letter, distance="dotproduct")
+    points = read_points(path, "c")
+    assert sorted(points) == [1, 2, 3, 5, 6]
+    assert points[1] == ({"": [1.0, 1.0]}, {"sample_id": "s1", "n": 1})
+    assert points[2] == ({"": [2.0, 1.0]}, {"sample_id": "s2", "n": 20, "tag": "x"})
+    assert points[3] == ({"": [3.0, 1.0]}, {"sample_id": "s3", "n": 3, "tag": "y"})
+    assert points[6] == ({"": [6.0, 1.0]}, {"n": 6, "tag": "z"})
+    assert (report.written, report.payload_updated, report.deleted) == (2, 3, 1)
+    assert (report.deletes_in_missing_collections, report.dead_lettered) == (1, 4)
+    assert not ServerStore.local(path).collection_exists("gone")
+    letters = {(x["collection_name"], x["id"]): x["reason"] for x in dead_letters(dead_letter)}
+    assert sorted(letters, key=str) == sorted([("c", 1), ("c", 9), ("gone", 2), (None, None)], key=str)
+    assert letters[("c", 1)].startswith("the record has no vectors and no payload") and "tombstone" in letters[("c", 1)]
+    assert letters[("c", 9)].startswith("point 9 does not exist in collection 'c'")
+    assert letters[("gone", 2)].startswith("collection 'gone' does not exist")
+    assert letters[(None, None)].startswith("a tombstone (null value) needs a key")
+
+
+def test_fluvio_tombstones_become_tombstone_lines():
+    from fiftyone_qdrant.sink import _fluvio_line
+
+    class Record:  # the fluvio client's Record: value() and key() as lists of byte values
+        def __init__(self, key, value):
+            self._key, self._value = key, value
+
+        def key(self):
+            return list(self._key)
+
+        def value(self):
+            return list(self._value)
+
+    tomb = _fluvio_line(Record(b'{"collection_name": "c", "id": 7}', b""))
+    assert parse_record(tomb).is_delete and parse_record(tomb).point_id == 7
+    assert parse_record(_fluvio_line(Record(b'{"id": 8}', b"null")), collection_name="c").point_id == 8
+    plain = line("c", 1, [1, 2])
+    assert _fluvio_line(Record(b"partition-key", plain.encode())) == plain.encode()  # keys of upserts are ignored
+    with pytest.raises(RecordError, match="tombstone's key must be a JSON object"):
+        parse_record(_fluvio_line(Record(b"not json", b"")))
+
+
+def test_collection_name_override_and_refusing_unknown_collections(tmp_path):
+    path, dead_letter = str(tmp_path / "store"), str(tmp_path / "dead.jsonl")
+    report = sink_lines(path, [
+        line("anything", 1, [1, 2]),
+        json.dumps({"id": 2, "vectors": [2, 1]}),  # no collection_name: the override names it
+        tombstone("other", 1),  # the override names the point too: fixed/1, upserted just before
+    ], collection_name="fixed", distance="dotproduct")
+    assert (report.written, report.deleted, report.superseded, report.collections_created) == (1, 1, 1, ["fixed"])
+    assert sorted(read_points(path, "fixed")) == [2]
+
+    report = sink_lines(path, [
+        line("fixed", 3, [3, 1]),
+        line("fixde", 4, [4, 1]),      # misspelt: refused, nothing created
+        line("fixed", 5, [1, "x"]),    # refused while parsing: the letter still names collection and id
+        line("fixed", -1, [1, 2]),
+    ], dead_letter, create_collections=False)
+    assert (report.written, report.dead_lettered, report.collections_created) == (1, 3, [])
+    assert not ServerStore.local(path).collection_exists("fixde")
+    letters = dead_letters(dead_letter)
+    assert [(x["collection_name"], x["id"]) for x in letters] == [("fixde", 4), ("fixed", 5), ("fixed", None)]
+    assert "collection 'fixde' does not exist" in letters[0]["reason"]
+    assert "does not create collections" in letters[0]["reason"]
+    assert sorted(read_points(path, "fixed")) == [2, 3]
+
+
+def _listening_socket():
+    """A TCP port that records the first bytes of each connection: what
+    protocol a client speaks to it (no Qdrant behind it)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    received = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.settimeout(5)
+            try:
+                received.append(conn.recv(64))
+            except OSError:
+                received.append(b"")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, received
+
+
+def test_fluvio_connector_config_url_is_grpc(tmp_path):
+    config = tmp_path / "config.yaml"
+    server, received = _listening_socket()
+    port = server.getsockname()[1]
+    config.write_text("meta:\n  name: files\nqdrant:\n  url: http://127.0.0.1:%d\n  api_key: k\n" % port)
+    data = tmp_path / "in.jsonl"
+    data.write_text(line("c", 1, [1, 2]) + "\n")
+    try:
+        result = run_cli(["sink", str(data), "--connector-config", str(config), "--max-retries", "0",
+                          "--timeout", "3", "--dead-letter", str(tmp_path / "dead.jsonl")])
+    finally:
+        server.close()
+    assert received and all(r.startswith(b"PRI * HTTP/2.0") for r in received), received  # gRPC, not REST
+    assert result.returncode == 3, result.stderr
+
+    assert load_connector_config(str(config)).connection() == {
+        "url": "http://127.0.0.1", "grpc_port": port, "prefer_grpc": True, "https": False, "api_key": "k"}
+    tls = tmp_path / "tls.yaml"
+    tls.write_text("meta:\n  topic: t\nqdrant:\n  url: https://xyz.cloud.qdrant.io\n")
+    assert load_connector_config(str(tls)).connection() == {
+        "url": "https://xyz.cloud.qdrant.io", "grpc_port": 6334, "prefer_grpc": True, "https": True, "api_key": None}
 
 
 def test_fluvio_source_needs_the_optional_client():
@@ -526,9 +811,37 @@ def test_parse_record_is_the_one_validation_core():
     record = parse_record(b'{"collection_name": "c", "id": 3, "vector": {"a": [1, 2]}, "payload": {"k": 1}}')
     assert (record.collection_name, record.point_id, record.payload, record.is_delete) == ("c", 3, {"k": 1}, False)
     assert record.shapes["a"].describe() == "a 2-d dense vector"
-    assert parse_record('{"collection_name": "c", "id": 3}').is_delete
+    assert parse_record(tombstone("c", 3)).is_delete
+    assert parse_record('{"collection_name": "c", "id": 3, "payload": {"k": 2}}').is_payload_update
     with pytest.raises(RecordError, match="missing field 'id'"):
         parse_record('{"collection_name": "c"}')
+
+
+def test_the_fast_dense_path_gives_the_general_paths_records():
+    """msgspec's typed decoder takes plain dense upserts; whatever it takes
+    must be exactly what the general path makes of the line, and whatever
+    it declines (every bad record) must take the general path."""
+    from fiftyone_qdrant.sink import _parse_dense, _parse_general
+
+    taken = [
+        line("c", 3, [1, 2.5, -3e38]),
+        line("c", README_UUID.upper(), {"a": [1, 2], "b": [0.5]}, {"k": [1, {"x": None}]}),
+        line("c", 2**64 - 1, [1e-30], None),
+        json.dumps({"id": 4, "vectors": [1.0]}),  # with an override only
+    ]
+    for text in taken[:3]:
+        fast = _parse_dense(text, None)
+        assert fast is not None, text
+        assert dataclasses.asdict(fast) == dataclasses.asdict(_parse_general(text, None)), text
+    assert _parse_dense(taken[3], None) is None
+    assert _parse_dense(taken[3], "o").collection_name == "o" == parse_record(taken[3], "o").collection_name
+    for bad, _ in BAD_RECORDS:
+        if _parse_dense(bad, None) is not None:  # only records the general path accepts too
+            _parse_general(bad, None)
+    for declined in [line("c", 1, [1, 2], vector=[1, 2]), line("c", 1, {"indices": [1], "values": [0.5]}),
+                     line("c", 1, {"s": {"indices": [1], "values": [0.5]}}), line("c", 1, [[1, 2], [3, 4]]),
+                     line("c", 1, [3.5e38]), line("c", True, [1]), line("c", 1, {"": [1]}), tombstone("c", 1)]:
+        assert _parse_dense(declined, None) is None, declined
 
 
 # -- the CLI ------------------------------------------------------------------
@@ -543,7 +856,7 @@ def test_cli_stdin_exit_status_summary_and_help(tmp_path):
     assert (summary["records"], summary["written"], summary["dead_lettered"]) == (5, 5, 0)
     assert "5 written, 0 deleted, 0 dead-lettered" in result.stderr and "records/s" in result.stderr
 
-    result = run_cli(["sink", "-", "--path", store, "--dead-letter", dead_letter], input=line("cli", 1) + "\n{oops\n")
+    result = run_cli(["sink", "-", "--path", store, "--dead-letter", dead_letter], input=tombstone("cli", 1) + "\n{oops\n")
     assert result.returncode == 1
     assert "1 deleted, 1 dead-lettered" in result.stderr and dead_letter in result.stderr
     assert dead_letters(dead_letter)[0]["line"] == "{oops"
@@ -554,7 +867,14 @@ def test_cli_stdin_exit_status_summary_and_help(tmp_path):
     assert result.returncode == 2 and "Cannot read input" in result.stderr
 
     help_text = run_cli(["sink", "--help"]).stdout
-    assert "DELETES" in help_text and "--dead-letter" in help_text and "--distance" in help_text
+    assert "tombstone" in help_text and "--no-create-collections" in help_text and "--dead-letter" in help_text and "--distance" in help_text
+
+
+def test_cli_sink_connector_options():
+    args = cli.build_parser().parse_args(["sink", "in.jsonl", "--collection-name", "fixed", "--no-create-collections"])
+    assert (args.collection_name, args.create_collections, args.inputs) == ("fixed", False, ["in.jsonl"])
+    defaults = cli.build_parser().parse_args(["sink"])
+    assert (defaults.collection_name, defaults.create_collections) == (None, True)
 
 
 def test_cli_list_subcommand(tmp_path, capsys):
@@ -621,7 +941,7 @@ def test_cli_streaming_stdin_writes_while_idle(tmp_path):
         process.stdin.flush()
         deadline, seen = time.monotonic() + 30, {}
         while time.monotonic() < deadline and not seen:
-            if EmbeddedStore(store).collection_exists("live"):
+            if ServerStore.local(store).collection_exists("live"):
                 seen = read_points(store, "live")
             time.sleep(0.1)
         assert list(seen) == [1]  # written although stdin is still open
@@ -717,14 +1037,20 @@ def _check_server_target(client, collection, tmp_path):
         line(collection, README_UUID, vectors, {"sample_id": "a" * 24}),
         line(collection, 32, {"dense": [1, 2, 3, 4]}),
         line(collection, 33, {"dense": [1, 2, 3, 4]}),
-        line(collection, 33),
+        tombstone(collection, 33),
         line(collection, 34, {"dense": [1, 2, 3]}),
-        line(collection + "-missing", 1),
+        tombstone(collection + "-missing", 1),
     ]
     target = ServerTarget(client)
     with QdrantSink(target, dead_letter_path=dead_letter, distance="dotproduct") as sink:
         report = sink.write_lines(lines)
-        assert (report.written, report.deleted, report.dead_lettered) == (2, 2, 1)
+        assert (report.written, report.deleted, report.dead_lettered) == (2, 1, 1)
+        assert report.deletes_in_missing_collections == 1
+        # payload-only updates through qdrant-client: merged into the existing point, a missing one refused
+        update = sink.write_lines([line(collection, 32, payload={"tag": "x"}), line(collection, 77, payload={"a": 1})])
+        assert (update.payload_updated, update.dead_lettered) == (1, 2)  # one report for the sink's life
+        assert client.retrieve(collection, [32])[0].payload == {"tag": "x"}
+        assert "point 77 does not exist in collection" in dead_letters(dead_letter)[-1]["reason"]
         points = {str(p.id): p for p in client.retrieve(collection, [README_UUID, 32, 33], with_vectors=True)}
         assert set(points) == {README_UUID, "32"}
         np.testing.assert_allclose(points[README_UUID].vector["dense"], vectors["dense"], rtol=1e-6)

@@ -35,10 +35,15 @@ a server API key comes from the plugin secret
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
+import os
 from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -66,6 +71,27 @@ def _config(**kwargs) -> foo.OperatorConfig:
 
 
 # -- shared helpers ------------------------------------------------------------
+
+
+def reports_failures(execute):
+    """Makes a failing ``execute()`` show its message in the App.
+
+    The App shows a failed execution only as "Error occurred during operator
+    execution", the message folded under a traceback: an error notification
+    carries the message itself. The exception still propagates, so the
+    execution fails (``ExecutionError`` for Python callers, a failed
+    delegated run)."""
+
+    @functools.wraps(execute)
+    def wrapper(self, ctx):
+        try:
+            return execute(self, ctx)
+        except Exception as e:
+            if not ctx.delegated:
+                ctx.ops.notify("%s failed: %s" % (self.config.label, e), variant="error")
+            raise
+
+    return wrapper
 
 
 def _secret(ctx, key: str) -> Optional[str]:
@@ -191,6 +217,58 @@ def _load_model(name: str, model_kwargs: Optional[dict]):
     return name
 
 
+def model_spec_problem(name: Optional[str], model_kwargs) -> Optional[Tuple[str, str]]:
+    """``(param, message)`` when a model spec cannot load, from cheap checks
+    that touch neither the weights nor the network: JSON kwargs, the spec
+    syntax, the open_clip architecture, the checkpoint or tag, the zoo name.
+    ``None`` when nothing is wrong (or nothing is given yet)."""
+    if not name:
+        return None
+    try:
+        kwargs = _parse_model_kwargs(model_kwargs)
+    except ValueError as e:
+        return "model_kwargs", str(e)
+    try:
+        from fiftyone_qdrant import models as foq_models
+    except ImportError as e:
+        return "model", "Models need torch and open_clip here: %s" % e
+    try:
+        spec = foq_models.parse_model_spec(name, kwargs)
+    except ValueError as e:
+        return ("model_kwargs" if kwargs else "model"), str(e)
+    kwargs = spec["model_kwargs"]
+    if spec["model"].startswith(foq_models.OPEN_CLIP_PREFIX):
+        import open_clip
+
+        arch = spec["model"][len(foq_models.OPEN_CLIP_PREFIX):]
+        config_path = kwargs.get("config_path")
+        if config_path is not None and not os.path.isfile(config_path):
+            return "model_kwargs", "open_clip config file not found: %s" % config_path
+        if config_path is None and arch not in open_clip.list_models():
+            return "model", (
+                "Unknown open_clip architecture '%s'; pass model_kwargs {\"config_path\": \"/path/to/%s.json\"} "
+                "for a custom one" % (arch, arch)
+            )
+        pretrained = str(kwargs.get("pretrained"))
+        if foq_models._looks_like_path(pretrained):
+            if not os.path.isfile(pretrained):
+                return "model_kwargs", "Checkpoint file not found: %s" % pretrained
+        elif config_path is None and not open_clip.get_pretrained_cfg(arch, pretrained):
+            return "model_kwargs", "Unknown pretrained tag '%s' for '%s'; known tags: %s" % (
+                pretrained, arch, ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none")
+        return None
+    try:
+        import fiftyone.zoo as foz
+
+        foz.get_zoo_model(spec["model"])
+    except Exception:
+        return "model", (
+            "'%s' is neither a FiftyOne zoo model nor 'open_clip:<ARCH>' (see fiftyone.zoo.list_zoo_models())"
+            % spec["model"]
+        )
+    return None
+
+
 def _parse_model_kwargs(value) -> Optional[dict]:
     if value in (None, ""):
         return None
@@ -230,14 +308,14 @@ class BuildQdrantIndex(foo.Operator):
             execute_as_generator=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
-            icon="search",
+            icon="library_add",
             risk_level="medium",
         )
 
     def resolve_placement(self, ctx):
         return types.Placement(
             types.Places.SAMPLES_GRID_SECONDARY_ACTIONS,
-            types.Button(label="Build Qdrant similarity index", icon="search", prompt=True),
+            types.Button(label="Build Qdrant similarity index", icon="library_add", prompt=True),
         )
 
     def resolve_input(self, ctx):
@@ -310,7 +388,7 @@ class BuildQdrantIndex(foo.Operator):
                     model_choices.add_choice(name, label=name)
             except Exception:
                 pass
-            inputs.str(
+            model_prop = inputs.str(
                 "model",
                 required=True,
                 label="Model",
@@ -320,11 +398,18 @@ class BuildQdrantIndex(foo.Operator):
                 ),
                 view=model_choices,
             )
-            inputs.str(
+            kwargs_prop = inputs.str(
                 "model_kwargs",
                 label="Model kwargs (JSON)",
                 description='e.g. {"pretrained": "/path/to/checkpoint.pt"}',
             )
+            # checked here, so that Execute stays disabled until the spec is valid
+            problem = model_spec_problem(ctx.params.get("model"), ctx.params.get("model_kwargs"))
+            if problem is not None:
+                field, message = problem
+                prop = kwargs_prop if field == "model_kwargs" else model_prop
+                prop.invalid = True
+                prop.error_message = message
             inputs.int("batch_size", default=32, min=1, label="Batch size", description="Images per model batch")
 
         metric_choices = types.DropdownView()
@@ -340,6 +425,23 @@ class BuildQdrantIndex(foo.Operator):
         return types.Property(inputs, view=types.View(label="Build Qdrant similarity index"))
 
     def execute(self, ctx):
+        # FiftyOne's generator endpoint drops an exception raised before the
+        # first yield (the App shows nothing), and one raised later only cuts
+        # the stream. So: yield first, and report any failure in the App (the
+        # progress label and an error notification) before it propagates to
+        # the execution result
+        yield from _progress(ctx, 0.0, "Checking the parameters...")
+        try:
+            yield from self._build(ctx)
+        except Exception as e:
+            message = "Build failed: %s" % e
+            logger.warning(message)
+            if not ctx.delegated:
+                yield ctx.ops.set_progress(label=message, progress=0.0)
+                yield ctx.ops.notify(message, variant="error")
+            raise
+
+    def _build(self, ctx):
         import fiftyone.brain as fob
         import fiftyone.brain.internal.core.utils as fbu
 
@@ -449,6 +551,323 @@ def _roll_back(dataset, brain_key: str, index) -> None:
         logger.warning("Could not delete the failed brain run '%s': %s", brain_key, e)
 
 
+# -- sort ----------------------------------------------------------------------
+
+DIST_FIELD = "qdrant_distance"
+DEFAULT_K = 25
+QUERY_TYPES = (
+    ("selection", "Selected samples or patches"),
+    ("text", "Text prompt"),
+    ("image", "Image file path or URL"),
+    ("upload", "Upload an image"),
+)
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+
+def _run_config(dataset, brain_key: str) -> Dict[str, Any]:
+    return dict(dataset._doc.brain_methods[brain_key].config or {})
+
+
+def sortable_brain_keys(dataset, view) -> List[str]:
+    """The Qdrant runs that can sort ``view``: on a patches view, the
+    indexes of its patches field; else every index of the dataset."""
+    keys = qdrant_brain_keys(dataset)
+    if getattr(view, "_is_patches", False):
+        field = getattr(view, "patches_field", None)
+        return [k for k in keys if _run_config(dataset, k).get("patches_field") == field]
+    return keys
+
+
+def _selected_query_ids(ctx, view, patches_field: Optional[str]) -> List[str]:
+    """The ids to query by: the selected grid items (samples, or patches on a
+    patches view), or for a patches index on a samples view the selected
+    labels of its field."""
+    if patches_field and not getattr(view, "_is_patches", False):
+        return [s["label_id"] for s in ctx.selected_labels or [] if s.get("field") == patches_field]
+    return list(ctx.selected or [])
+
+
+def _uploaded_image(upload) -> np.ndarray:
+    import base64
+
+    import eta.core.image as etai
+
+    content = (upload or {}).get("content") if isinstance(upload, dict) else upload
+    name = (upload or {}).get("name", "the upload") if isinstance(upload, dict) else "the upload"
+    if not isinstance(content, str) or not content:
+        raise ValueError("Upload an image to query by")
+    if len(content) > MAX_UPLOAD_BYTES * 4 // 3 + 8:
+        raise ValueError("'%s' is larger than %d MB" % (name, MAX_UPLOAD_BYTES // 2**20))
+    try:
+        return etai.decode(base64.b64decode(content.split(",", 1)[-1], validate=True))
+    except Exception:
+        raise ValueError("'%s' is not an image that can be decoded" % name) from None
+
+
+def similarity_query(ctx, view, brain_key: str):
+    """The query that ``ctx.params`` describe: ids, a prompt, an image path
+    or URL, or an uploaded image (decoded)."""
+    params = ctx.params
+    query_type = params.get("query_type") or "selection"
+    patches_field = _run_config(ctx.dataset, brain_key).get("patches_field")
+    if query_type == "selection":
+        ids = _selected_query_ids(ctx, view, patches_field)
+        if not ids:
+            raise ValueError(
+                "Select the %s to sort by first" % ("patches (or their labels)" if patches_field else "samples")
+            )
+        return ids
+    if query_type == "text":
+        prompt = (params.get("prompt") or "").strip()
+        if not prompt:
+            raise ValueError("Type a text prompt")
+        return prompt
+    if query_type == "image":
+        location = (params.get("image") or "").strip()
+        if not location:
+            raise ValueError("Give the path or URL of an image")
+        location = os.path.expanduser(location)
+        if not location.lower().startswith(("http://", "https://")) and not os.path.isfile(location):
+            raise ValueError("No image file at '%s' (on the machine that serves the App)" % location)
+        return location
+    if query_type == "upload":
+        return _uploaded_image(params.get("upload"))
+    raise ValueError("Unknown query type %r" % query_type)
+
+
+def _distance_expr(ids: List[str], dists: List[float]) -> Dict[str, Any]:
+    """A MongoDB expression: the distance of the document's id in the
+    results, else null. Evaluated by the view: nothing is written."""
+    return {
+        "$let": {
+            "vars": {"i": {"$indexOfArray": [ids, {"$toString": "$_id"}]}},
+            "in": {"$cond": [{"$gte": ["$$i", 0]}, {"$arrayElemAt": [dists, "$$i"]}, None]},
+        }
+    }
+
+
+def ensure_dist_field(dataset, dist_field: str) -> bool:
+    """Declares ``dist_field`` (a float field) so that the App can show it;
+    returns whether it was new. Only the schema entry is stored: the values
+    exist in the sorted view."""
+    existing = dataset.get_field(dist_field)
+    if existing is None:
+        dataset.add_sample_field(
+            dist_field,
+            fo.FloatField,
+            description="Distance to the last similarity query of the Qdrant plugin (set by its view, not stored)",
+        )
+        return True
+    if not isinstance(existing, fo.FloatField):
+        raise ValueError(
+            "Field '%s' exists and is a %s, not a float field: choose another distance field"
+            % (dist_field, type(existing).__name__)
+        )
+    return False
+
+
+def sort_by_similarity_with_distances(view, brain_key: str, query, k: Optional[int] = DEFAULT_K,
+                                      dist_field: str = DIST_FIELD, reverse: bool = False):
+    """Sorts ``view`` by similarity to ``query`` (ids, a prompt, an image
+    path/URL/array or vectors) with index ``brain_key``.
+
+    Returns ``(sorted_view, ids, dists)``: the view shows the ``k`` results in
+    order, each with its distance in ``dist_field``, computed by the view
+    itself (a ``set_field`` stage), so that no value is written to the
+    dataset and an earlier query's distances never linger. On a patches
+    index the view is a patches view of the index's field.
+    """
+    dataset = view._root_dataset
+    config = _run_config(dataset, brain_key)
+    patches_field = config.get("patches_field")
+    is_patches = getattr(view, "_is_patches", False)
+    if patches_field:
+        if is_patches and getattr(view, "patches_field", None) != patches_field:
+            raise ValueError(
+                "Index '%s' indexes the patches of '%s'; this is a patches view of '%s'"
+                % (brain_key, patches_field, view.patches_field)
+            )
+        search_view = view if is_patches else view.to_patches(patches_field)
+    elif is_patches:
+        raise ValueError("Index '%s' indexes whole samples: leave the patches view to sort by it" % brain_key)
+    else:
+        search_view = view
+
+    ensure_dist_field(dataset, dist_field)
+    index = dataset.load_brain_results(brain_key)
+    with contextlib.ExitStack() as context:
+        if search_view.view() != index.view.view():
+            index.use_view(search_view)
+            context.enter_context(index)
+        sample_ids, label_ids, dists = index._kneighbors(
+            query=index._parse_query(query), k=k, reverse=reverse, aggregation="mean", return_dists=True
+        )
+    ids = [str(i) for i in (label_ids if patches_field else sample_ids)]
+    dists = [float(d) for d in dists]
+
+    if patches_field:
+        source = view._source_collection if is_patches else view
+        shown = source.to_patches(patches_field, other_fields=[dist_field])
+    else:
+        shown = view
+    shown = shown.set_field(dist_field, _distance_expr(ids, dists)).select(ids, ordered=True)
+    return shown, ids, dists
+
+
+class SortByQdrantSimilarity(foo.Operator):
+    """Sorts the grid by similarity with a Qdrant index, showing each
+    result's distance.
+
+    Params: ``brain_key``; ``query_type``: ``selection`` (the selected
+    samples, or patches), ``text`` (``prompt``), ``image`` (a file path or
+    URL, ``image``) or ``upload`` (an uploaded image, ``upload``); ``k``
+    (default 25); ``dist_field`` (default ``qdrant_distance``).
+
+    The App shows the results in order with their distances in
+    ``dist_field``: the field is declared on the dataset (once; its stored
+    values stay empty) and filled by the view, so the dataset holds no
+    stale scores.
+    """
+
+    @property
+    def config(self):
+        return _config(
+            name="sort_by_qdrant_similarity",
+            label="Sort by Qdrant similarity",
+            description="Sort by similarity to samples, patches, a text prompt or an image, with distances",
+            dynamic=True,
+            icon="image_search",
+            risk_level="low",
+            view_target=False,
+        )
+
+    def resolve_placement(self, ctx):
+        return types.Placement(
+            types.Places.SAMPLES_GRID_SECONDARY_ACTIONS,
+            types.Button(label="Sort by Qdrant similarity", icon="image_search", prompt=True),
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        view = ctx.view
+        keys = sortable_brain_keys(ctx.dataset, view) if ctx.dataset is not None else []
+        if not keys:
+            prop = inputs.view(
+                "none",
+                types.Warning(
+                    label="No Qdrant index can sort this view",
+                    description="Build one with 'Build Qdrant similarity index'"
+                    + (" on this patches field" if getattr(view, "_is_patches", False) else ""),
+                ),
+            )
+            prop.invalid = True
+            prop.error_message = "No Qdrant index can sort this view"
+            return types.Property(inputs, view=types.View(label="Sort by Qdrant similarity"))
+
+        key_choices = types.DropdownView()
+        for key in keys:
+            patches = _run_config(ctx.dataset, key).get("patches_field")
+            key_choices.add_choice(key, label=key + (" (patches: %s)" % patches if patches else ""))
+        inputs.enum("brain_key", key_choices.values(), required=True, default=keys[0], label="Index", view=key_choices)
+        brain_key = ctx.params.get("brain_key") or keys[0]
+        if brain_key not in keys:
+            brain_key = keys[0]
+        config = _run_config(ctx.dataset, brain_key)
+
+        type_choices = types.RadioGroup()
+        for value, label in QUERY_TYPES:
+            if value == "text" and not config.get("supports_prompts"):
+                continue
+            if value in ("image", "upload") and not (config.get("model_spec") or config.get("model")):
+                continue
+            type_choices.add_choice(value, label=label)
+        query_types = type_choices.values()
+        inputs.enum("query_type", query_types, default="selection", label="Query", view=type_choices)
+        query_type = ctx.params.get("query_type") or "selection"
+        if query_type not in query_types:
+            query_type = "selection"
+
+        if query_type == "selection":
+            ids = _selected_query_ids(ctx, view, config.get("patches_field"))
+            if ids:
+                inputs.view("selected", types.Notice(label="Query: the mean of %d selected item(s)" % len(ids)))
+            else:
+                prop = inputs.view(
+                    "selected",
+                    types.Warning(
+                        label="Nothing is selected",
+                        description="Select %s in the grid, or choose another query"
+                        % ("patches" if config.get("patches_field") else "samples"),
+                    ),
+                )
+                prop.invalid = True
+                prop.error_message = "Nothing is selected"
+        elif query_type == "text":
+            inputs.str("prompt", required=True, label="Prompt", description="e.g. 'a red circle'")
+        elif query_type == "image":
+            prop = inputs.str(
+                "image",
+                required=True,
+                label="Image path or URL",
+                description="A file on the machine that serves the App, or an http(s) URL",
+            )
+            location = (ctx.params.get("image") or "").strip()
+            if location and not location.lower().startswith(("http://", "https://")) and not os.path.isfile(
+                os.path.expanduser(location)
+            ):
+                prop.invalid = True
+                prop.error_message = "No such file: %s" % location
+        else:
+            inputs.define_property(
+                "upload",
+                types.UploadedFile(),
+                required=True,
+                label="Image",
+                view=types.FileView(
+                    label="Image",
+                    types=".png,.jpg,.jpeg,.gif,.bmp,.webp,.tif,.tiff",
+                    max_size=MAX_UPLOAD_BYTES,
+                    max_size_error_message="Images up to %d MB" % (MAX_UPLOAD_BYTES // 2**20),
+                ),
+            )
+        inputs.int("k", default=DEFAULT_K, min=1, label="Number of results")
+        prop = inputs.str(
+            "dist_field",
+            default=DIST_FIELD,
+            label="Distance field",
+            description="Shows each result's distance on the grid (declared once; no values are stored)",
+        )
+        name = ctx.params.get("dist_field") or DIST_FIELD
+        existing = ctx.dataset.get_field(name) if "." not in name else None
+        if "." in name or (existing is not None and not isinstance(existing, fo.FloatField)):
+            prop.invalid = True
+            prop.error_message = "'%s' is not a float field: choose another name for the distances" % name
+        return types.Property(inputs, view=types.View(label="Sort by Qdrant similarity"))
+
+    @reports_failures
+    def execute(self, ctx):
+        params = ctx.params
+        view = ctx.view
+        keys = sortable_brain_keys(ctx.dataset, view)
+        brain_key = params.get("brain_key") or (keys[0] if keys else None)
+        if not brain_key or brain_key not in qdrant_brain_keys(ctx.dataset):
+            raise ValueError("Dataset '%s' has no Qdrant similarity index '%s'" % (ctx.dataset.name, brain_key))
+        dist_field = params.get("dist_field") or DIST_FIELD
+        k = int(params.get("k") or DEFAULT_K)
+        query = similarity_query(ctx, view, brain_key)
+        if ensure_dist_field(ctx.dataset, dist_field):
+            ctx.ops.reload_dataset()  # the App learns the new field before the view that sets it
+        sorted_view, ids, dists = sort_by_similarity_with_distances(view, brain_key, query, k=k, dist_field=dist_field)
+        ctx.ops.set_view(view=sorted_view)
+        path = dist_field
+        active = list(ctx.active_fields or [])
+        if path not in active:
+            ctx.ops.set_active_fields(fields=active + [path])
+        message = "Sorted by similarity with '%s': %d results, distances in '%s'" % (brain_key, len(ids), dist_field)
+        ctx.ops.notify(message, variant="success")
+        return {"message": message, "ids": ids, "distances": dists, "dist_field": dist_field}
+
+
 # -- list ----------------------------------------------------------------------
 
 
@@ -486,6 +905,18 @@ def index_rows(indexes: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                     "created_at": record.get("created_at"),
                     "status": run_status(record, entry["collection_name"]) if record else "orphan: no run record",
                 }
+            )
+            row = rows[-1]
+            row["patches"] = row["patches_field"] or "whole images"
+            row["details"] = " · ".join(
+                str(part)
+                for part in (
+                    row["metric"],
+                    "%s-d" % row["dimension"] if row["dimension"] else None,
+                    row["model"] or ("embeddings" if record else None),
+                    "created %s" % str(row["created_at"])[:16].replace("T", " ") if row["created_at"] else None,
+                )
+                if part
             )
     return rows
 
@@ -526,6 +957,14 @@ def stores_to_list(ctx) -> List[Tuple[Dict[str, Any], str]]:
     return [(target, where) for where, target in unique.items()]
 
 
+def _short_store_name(target: Dict[str, Any], where: str) -> str:
+    """A store's name for a table cell: its URL, or its directory's name."""
+    if target.get("url"):
+        return target["url"]
+    path = target.get("path") or resolve_settings(**target).describe()
+    return os.path.basename(os.path.normpath(path)) if target.get("path") else where
+
+
 class ListQdrantIndexes(foo.Operator):
     """Lists the collections of a Qdrant store with their stored run records.
 
@@ -544,7 +983,7 @@ class ListQdrantIndexes(foo.Operator):
             name="list_qdrant_indexes",
             label="List Qdrant indexes",
             description="Collections in the Qdrant store and the FiftyOne runs stored with them",
-            dynamic=False,
+            dynamic=True,  # resolve_output sees the results (a Store column for several stores)
             icon="list",
             risk_level="low",
             view_target=False,
@@ -559,6 +998,7 @@ class ListQdrantIndexes(foo.Operator):
         _store_inputs(inputs)
         return types.Property(inputs, view=types.View(label="List Qdrant indexes"))
 
+    @reports_failures
     def execute(self, ctx):
         from fiftyone_qdrant import records
 
@@ -568,7 +1008,15 @@ class ListQdrantIndexes(foo.Operator):
             for entry in found:
                 entry["store"] = where
             for row in index_rows(found):
+                # the brain key; with its dataset when that is not this one
+                if not row["brain_key"]:
+                    row["run"] = "-"
+                elif ctx.dataset is not None and row["dataset_name"] == ctx.dataset.name:
+                    row["run"] = row["brain_key"]
+                else:
+                    row["run"] = "%s (dataset %s)" % (row["brain_key"], row["dataset_name"])
                 row["store"] = where
+                row["store_name"] = _short_store_name(target, where)
                 rows.append(row)
             stores.append(where)
             indexes.extend(found)
@@ -583,20 +1031,20 @@ class ListQdrantIndexes(foo.Operator):
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.list("stores", types.String(), label="Stores")
+        # few columns, so that the table fits the dialog without wrapping
+        # collection names; the store of each row when several are listed
         table = types.TableView()
-        for key, label in (
-            ("brain_key", "Brain key"),
-            ("dataset_name", "Dataset"),
+        columns = [
+            ("collection_name", "Collection"),
+            ("run", "Run"),
             ("status", "Status"),
             ("size", "Vectors"),
-            ("collection_name", "Collection"),
-            ("metric", "Metric"),
-            ("dimension", "Dim"),
-            ("model", "Model"),
-            ("patches_field", "Patches"),
-            ("created_at", "Created"),
-            ("store", "Store"),
-        ):
+            ("patches", "Patches"),
+            ("details", "Index"),
+        ]
+        if len(ctx.results.get("stores") or []) > 1:
+            columns.append(("store_name", "Store"))
+        for key, label in columns:
             table.add_column(key, label=label)
         outputs.list("rows", types.Object(), label="Indexes", view=table)
         missing = types.TableView()
@@ -620,6 +1068,43 @@ def runs_using_collection(store, collection_name: str) -> List[Any]:
         if run_status(record, collection_name) == "attached":
             found.append((record["dataset_name"], record["brain_key"]))
     return found
+
+
+def _deletion_summary(ctx) -> Optional[str]:
+    """What the delete operator's params would delete, in words."""
+    params = ctx.params
+    if params.get("target", "brain_run") == "brain_run":
+        key = params.get("brain_key")
+        if not key or ctx.dataset is None or key not in qdrant_brain_keys(ctx.dataset):
+            return None
+        config = _run_config(ctx.dataset, key)
+        if params.get("delete_collection", True):
+            return "brain run '%s' and its Qdrant collection '%s' (its vectors are lost)" % (
+                key, config.get("collection_name") or "?")
+        return "brain run '%s' (the collection '%s' is kept)" % (key, config.get("collection_name") or "?")
+    name = params.get("collection_name")
+    if not name:
+        return None
+    return "Qdrant collection '%s' and all its vectors%s" % (
+        name, ", and the brain runs that use it" if params.get("delete_runs") else "")
+
+
+def _confirm_input(inputs: types.Object, ctx) -> None:
+    """A checkbox that must be ticked before Execute: deleting cannot be undone."""
+    summary = _deletion_summary(ctx)
+    if summary is None:
+        return
+    inputs.view("summary", types.Warning(label="This permanently deletes the " + summary))
+    prop = inputs.bool(
+        "confirm",
+        default=False,
+        required=True,
+        label="Yes, delete it",
+        description="Deleting cannot be undone",
+    )
+    if not ctx.params.get("confirm"):
+        prop.invalid = True
+        prop.error_message = "Tick 'Yes, delete it' to confirm"
 
 
 class DeleteQdrantIndex(foo.Operator):
@@ -685,10 +1170,14 @@ class DeleteQdrantIndex(foo.Operator):
                 label="Also delete the brain runs that use it",
                 description="Required when a dataset still uses this collection",
             )
+        _confirm_input(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Delete Qdrant index"))
 
+    @reports_failures
     def execute(self, ctx):
         params = ctx.params
+        if not params.get("confirm"):
+            raise ValueError("Nothing was deleted: confirm the deletion (confirm=True)")
         target = params.get("target") or ("collection" if params.get("collection_name") and not params.get("brain_key") else "brain_run")
         deleted_runs: List[str] = []
         deleted_collection = None
@@ -785,6 +1274,7 @@ class AttachQdrantIndex(foo.Operator):
             prop.error_message = "Brain key '%s' already exists" % key
         return types.Property(inputs, view=types.View(label="Attach Qdrant index"))
 
+    @reports_failures
     def execute(self, ctx):
         from fiftyone_qdrant import records
 
@@ -856,6 +1346,7 @@ class MigrateBuiltinQdrantRuns(foo.Operator):
         _store_inputs(inputs)
         return types.Property(inputs, view=types.View(label="Migrate built-in Qdrant runs"))
 
+    @reports_failures
     def execute(self, ctx):
         from fiftyone_qdrant.migration import migrate_builtin_runs
 
@@ -874,6 +1365,7 @@ class MigrateBuiltinQdrantRuns(foo.Operator):
 
 OPERATORS = (
     BuildQdrantIndex,
+    SortByQdrantSimilarity,
     ListQdrantIndexes,
     DeleteQdrantIndex,
     AttachQdrantIndex,
