@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Streaming sink throughput: ``fiftyone_qdrant.sink`` vs one upsert per
-record, on the same embedded engine and the same records.
+record, on the same embedded store (its local Qdrant service) and the same
+records.
 
     python benchmarks/bench_sink.py                    # 20k 512-d records, 3 interleaved rounds
     python benchmarks/bench_sink.py --records 5000 --dim 128 --rounds 5
@@ -14,23 +15,22 @@ Every path starts from the same JSON lines (connector format, with a
   dead-letter file, writes made durable and the file offset checkpointed
   every 5 s and at the end, collection created from the first record;
 * **fair baseline: one upsert per record, no flush**: the reference
-  connectors' loop at its cheapest on this engine: each line parsed
-  (``json.loads``, no validation) into one ``EdgeShard.update([point])`` on a
-  bare shard held open, flushed once at the end (no durability per record,
-  no cross-process coordination, no checkpoint);
+  connectors' loop at its cheapest on the same store: each line parsed
+  (``json.loads``, no validation) into one ``client.upsert([point],
+  wait=False)`` through qdrant-client to the same local service (no
+  durability wait per record, no checkpoint);
 * **same, parsed with msgspec**: the fair baseline with the sink's fast
   parser, to show what the parser alone is worth;
-* **per record, durable**: one durable write per record through the store
-  (``EmbeddedStore.upsert_points(name, [point])``: lock, write, flush,
-  reload for other processes), what the reference connector's per-record
-  ``wait=true`` upsert costs here;
+* **per record, durable**: one acknowledged write per record through the
+  store (``client.upsert([point], wait=True)``), what the reference
+  connector's per-record ``wait=true`` upsert costs here;
 * **per record, durable, raw engine**: ``update([point])`` + ``flush()`` on a
   bare shard.
 
 The sink and the two no-flush baselines run ``--rounds`` times, interleaved
 (sink, baseline, baseline with msgspec, sink, ...), and the medians are
-reported, with CPU time (user + system of this process, engine threads
-included). One durable write per record is slow, so those two run once, on
+reported, with CPU time (user + system of this process and of the local
+service, engine threads included). One durable write per record is slow, so those two run once, on
 the first ``--baseline-records`` records (rates are per second, so they
 compare).
 """
@@ -53,12 +53,15 @@ import qdrant_edge as qe
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fiftyone_qdrant.embedded import EmbeddedStore  # noqa: E402
+from qdrant_client import models as qm  # noqa: E402
+
+from fiftyone_qdrant import local  # noqa: E402
+from fiftyone_qdrant.server import ServerStore  # noqa: E402
 from fiftyone_qdrant.sink import (  # noqa: E402
     Checkpoint,
     CollectionSchema,
-    EmbeddedTarget,
     QdrantSink,
+    ServerTarget,
     file_source,
     parse_record,
 )
@@ -79,9 +82,23 @@ def write_records(path: str, count: int, dim: int, seed: int = 0) -> None:
                 }) + "\n")
 
 
-def _cpu() -> float:
+def _cpu(store_path: str = None) -> float:
+    """CPU seconds of this process, plus the store's local service."""
     times = os.times()
-    return times.user + times.system
+    total = times.user + times.system
+    address = local.read_address(store_path) if store_path else None
+    if address is not None:
+        import psutil
+
+        service = psutil.Process(address.pid).cpu_times()
+        total += service.user + service.system
+    return total
+
+
+def _fresh_store(path: str) -> ServerStore:
+    local.stop_service(path)
+    shutil.rmtree(path, ignore_errors=True)
+    return ServerStore.local(path)
 
 
 def bench_sink(records_path: str, work_dir: str, batch_size: int) -> dict:
@@ -91,12 +108,12 @@ def bench_sink(records_path: str, work_dir: str, batch_size: int) -> dict:
     for leftover in (dead_letter, dead_letter + ".checkpoint.json"):
         if os.path.exists(leftover):
             os.remove(leftover)
-    cpu, started = _cpu(), time.perf_counter()
-    with QdrantSink(EmbeddedTarget(EmbeddedStore(store_path)), batch_size=batch_size,
-                    dead_letter_path=dead_letter) as sink:
+    store = _fresh_store(store_path)
+    cpu, started = _cpu(store_path), time.perf_counter()
+    with QdrantSink(ServerTarget(store), batch_size=batch_size, dead_letter_path=dead_letter) as sink:
         report = sink.run([file_source(records_path, Checkpoint(dead_letter + ".checkpoint.json"))])
-    elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
-    store = EmbeddedStore(store_path)
+    elapsed, cpu = time.perf_counter() - started, _cpu(store_path) - cpu
+    store = ServerStore.local(store_path)
     assert store.count(COLLECTION) == report.records == report.written, report.summary()
     store.close()
     return {"records": report.records, "seconds": elapsed, "cpu_seconds": cpu,
@@ -104,26 +121,25 @@ def bench_sink(records_path: str, work_dir: str, batch_size: int) -> dict:
 
 
 def bench_per_record_no_flush(records_path: str, work_dir: str, dim: int, parser: str) -> dict:
-    """The fair baseline: one parsed line, one upsert, no flush per record."""
-    shard_path = os.path.join(work_dir, "per-record-no-flush")
-    shutil.rmtree(shard_path, ignore_errors=True)
+    """The fair baseline: one parsed line, one upsert, no wait per record."""
+    store_path = os.path.join(work_dir, "per-record-no-flush")
+    store = _fresh_store(store_path)
+    client = store.client
     loads = json.loads if parser == "json" else msgspec.json.decode
-    cpu, started = _cpu(), time.perf_counter()
-    shard = qe.EdgeShard.create(
-        shard_path, qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-                                  wal_enabled=False),
-    )
-    shard.update(qe.UpdateOperation.create_field_index("sample_id", qe.PayloadSchemaType.Keyword))
+    cpu, started = _cpu(store_path), time.perf_counter()
+    client.create_collection(COLLECTION, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE))
+    client.create_payload_index(COLLECTION, "sample_id", qm.PayloadSchemaType.KEYWORD)
     count = 0
     with open(records_path, "rb", buffering=1 << 20) as f:  # read as the sink reads files
         for line in f:
             doc = loads(line)
-            shard.update(qe.UpdateOperation.upsert_points([qe.Point(doc["id"], doc["vectors"], doc["payload"])]))
+            client.upsert(COLLECTION, points=[qm.PointStruct(id=doc["id"], vector=doc["vectors"], payload=doc["payload"])],
+                          wait=False)
             count += 1
-    shard.flush()
-    elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
-    assert shard.count(qe.CountRequest(exact=True)) == count
-    shard.close()
+    elapsed, cpu = time.perf_counter() - started, _cpu(store_path) - cpu
+    assert store.count(COLLECTION) == count
+    store.close()
+    local.stop_service(store_path)
     return {"records": count, "seconds": elapsed, "cpu_seconds": cpu, "records_per_s": count / elapsed}
 
 
@@ -132,25 +148,32 @@ def _point(line: str) -> qe.Point:
     return qe.Point(record.point_id, record.vectors[""], record.payload)
 
 
+def _client_point(line: str) -> qm.PointStruct:
+    record = parse_record(line)
+    return qm.PointStruct(id=record.point_id, vector=record.vectors[""], payload=record.payload)
+
+
 def _first_lines(records_path: str, limit: int) -> list:
     with open(records_path) as f:
         return [next(f) for _ in range(limit)]
 
 
 def bench_per_record(records_path: str, work_dir: str, limit: int) -> dict:
-    """One validated record, one durable upsert: the connector's loop."""
-    store = EmbeddedStore(os.path.join(work_dir, "per-record-store"))
+    """One validated record, one acknowledged upsert: the connector's loop."""
+    store_path = os.path.join(work_dir, "per-record-store")
+    store = _fresh_store(store_path)
     lines = _first_lines(records_path, limit)
     # the collection exists up front (not timed), created as the sink would
-    EmbeddedTarget(store).create(
+    ServerTarget(store).create(
         COLLECTION, CollectionSchema.from_record(parse_record(lines[0]), "cosine"), ["sample_id"]
     )
     started = time.perf_counter()
     for line in lines:
-        store.upsert_points(COLLECTION, [_point(line)])
+        store.client.upsert(COLLECTION, points=[_client_point(line)], wait=True)
     elapsed = time.perf_counter() - started
     assert store.count(COLLECTION) == limit
     store.close()
+    local.stop_service(store_path)
     return {"records": limit, "seconds": elapsed, "records_per_s": limit / elapsed}
 
 
@@ -158,7 +181,7 @@ def bench_per_record_raw_engine(records_path: str, work_dir: str, limit: int, di
     """One durable write per record on a bare shard: update + flush."""
     shard = qe.EdgeShard.create(
         os.path.join(work_dir, "per-record-raw"),
-        qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine), wal_enabled=False),
+        qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine), wal_enabled=True),
     )
     shard.update(qe.UpdateOperation.create_field_index("sample_id", qe.PayloadSchemaType.Keyword))
     lines = _first_lines(records_path, limit)
