@@ -207,6 +207,38 @@ def _run_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_service_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "service",
+        help="start, show or stop the local Qdrant service of an embedded store",
+        description="Every process reaches an embedded store through its local Qdrant service, started "
+                    "on demand and stopped when idle (no client process alive). This shows it, starts it "
+                    "ahead of time, or stops it (it flushes and closes every collection first).",
+    )
+    parser.add_argument("action", choices=["status", "start", "stop"])
+    parser.add_argument("--path", help="the store directory (default: as a brain run resolves it: "
+                        "$FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH, else ~/.fiftyone/qdrant)")
+    parser.set_defaults(run=_run_service)
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    from . import local
+    from .connection import default_store_path
+
+    root = os.path.abspath(os.path.expanduser(args.path or default_store_path()))
+    if args.action == "start":
+        local.ensure_service(root)
+    elif args.action == "stop":
+        print("stopped" if local.stop_service(root) else "not running: %s" % root)
+        return EXIT_OK
+    status = local.service_status(root)
+    if status is None:
+        print("not running: %s" % root)
+    else:
+        print("running: pid %(pid)s on %(address)s, store %(store)s, log %(log)s" % status)
+    return EXIT_OK
+
+
 #: functions that add a subcommand; append to add one
 def _add_plugin_command(subparsers) -> None:
     from .plugin import add_cli_command
@@ -214,7 +246,7 @@ def _add_plugin_command(subparsers) -> None:
     add_cli_command(subparsers)
 
 
-COMMANDS: List[Callable] = [_add_sink_command, _add_list_command, _add_plugin_command]
+COMMANDS: List[Callable] = [_add_sink_command, _add_list_command, _add_service_command, _add_plugin_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

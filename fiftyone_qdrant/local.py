@@ -105,6 +105,7 @@ def ensure_service(root: str, timeout: float = START_TIMEOUT_S) -> ServiceAddres
     address = read_address(root)
     if address is not None:
         return address
+    os.makedirs(root, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(root, SPAWN_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # one starter at a time

@@ -423,3 +423,17 @@ def test_wire_encoding_equals_the_generated_messages(vector_name, id_kind):
         vector.dense.data.extend(row)
         expected.points.append(p)
     assert pb.UpsertPoints.FromString(encode_upsert("c", ids, X, payloads, vector_name)) == expected
+
+
+def test_cli_shows_starts_and_stops_the_service(tmp_path, capsys):
+    from fiftyone_qdrant import cli
+
+    root = str(tmp_path / "store")
+    assert cli.main(["service", "status", "--path", root]) == 0
+    assert capsys.readouterr().out.strip() == "not running: %s" % root
+    assert cli.main(["service", "start", "--path", root]) == 0
+    address = local.read_address(root)
+    out = capsys.readouterr().out
+    assert out.startswith("running: pid %d on 127.0.0.1:%d" % (address.pid, address.port)) and address.token not in out
+    assert cli.main(["service", "stop", "--path", root]) == 0
+    assert capsys.readouterr().out.strip() == "stopped" and local.read_address(root) is None
