@@ -22,6 +22,32 @@ _stores: Dict[Tuple, VectorStore] = {}
 _stores_lock = threading.Lock()
 
 
+def url_password(url: Optional[str]) -> Optional[str]:
+    """The password inside a URL (``http://user:secret@host``), a secret
+    like the API key."""
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def redact(text: str, *secrets: Optional[str]) -> str:
+    """``text`` with every secret (API key, URL password) replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be shown: its password replaced by ***."""
+    return redact(url, url_password(url))
+
+
 def default_store_path() -> str:
     """``FIFTYONE_BRAIN_SIMILARITY_QDRANT_PATH``, else ``qdrant/`` beside
     FiftyOne's config file (``~/.fiftyone/qdrant``)."""
@@ -55,6 +81,12 @@ class ConnectionSettings:
         ):
             raise ConfigError("`timeout` must be a positive number of seconds, got %r" % (self.timeout,))
 
+    def __repr__(self) -> str:  # the URL's password is a secret too
+        return "ConnectionSettings(url=%r, grpc_port=%r, prefer_grpc=%r, https=%r, timeout=%r, path=%r)" % (
+            safe_url(self.url) if self.url else None, self.grpc_port, self.prefer_grpc, self.https, self.timeout,
+            self.path,
+        )
+
     @property
     def is_embedded(self) -> bool:
         return not self.url
@@ -67,7 +99,7 @@ class ConnectionSettings:
         """Where the index lives, safe to log (no API key)."""
         if self.is_embedded:
             return "embedded Qdrant store at '%s'" % self.store_path
-        return "Qdrant server at '%s'" % self.url
+        return "Qdrant server at '%s'" % safe_url(self.url)
 
     def open(self) -> VectorStore:
         """A store shared by every index of this process with the same

@@ -64,7 +64,9 @@ class ServerStore(VectorStore):
         https: Optional[bool] = None,
         timeout: Optional[float] = None,
     ):
-        self.location = "Qdrant server at '%s'" % url
+        from .connection import safe_url, url_password
+
+        self.location = "Qdrant server at '%s'" % safe_url(url)
         if prefer_grpc:
             self.location += " (gRPC port %d)" % (grpc_port or 6334)
         kwargs: Dict[str, Any] = {"url": url, "api_key": api_key, "prefer_grpc": bool(prefer_grpc)}
@@ -81,11 +83,12 @@ class ServerStore(VectorStore):
         except Exception as e:
             error = ConnectionFailedError(
                 "Could not set up a Qdrant client for the %s: %s. Check the "
-                "`url`, `grpc_port` and `prefer_grpc` settings" % (self.location, _safe(e, api_key))
+                "`url`, `grpc_port` and `prefer_grpc` settings" % (self.location, _safe(e, api_key, url_password(url)))
             )
         if error is not None:
             raise error  # outside the except block: nothing chained (see _call)
         self._init_state(api_key, grpc_enabled=bool(prefer_grpc))
+        self._url_password = url_password(url)
 
     @property
     def client(self) -> QdrantClient:
@@ -103,6 +106,7 @@ class ServerStore(VectorStore):
 
     def _init_state(self, api_key: Optional[str], grpc_enabled: bool, local_root: Optional[str] = None) -> None:
         self._api_key = api_key
+        self._url_password: Optional[str] = None
         self._keyword_fields: Dict[str, frozenset] = {}
         self._grpc = grpc_enabled
         self._local_root = local_root
@@ -203,8 +207,14 @@ class ServerStore(VectorStore):
             except Exception:
                 pass
 
+    def redact(self, text: str) -> str:
+        """``text`` without this store's secrets (API key, URL password)."""
+        from .connection import redact
+
+        return redact(text, self._api_key, self._url_password)
+
     def _translate(self, e: Exception) -> Exception:
-        text = _safe(e, self._api_key)
+        text = _safe(e, self._api_key, self._url_password)
         # HTTP status or gRPC code, not digits in the text (a port such as
         # 40401 in a connection error is no HTTP 401)
         status = getattr(e, "status_code", None)
@@ -647,11 +657,10 @@ def _grpc_filter(restriction: Optional[IdRestriction]) -> Optional[pb.Filter]:
     return pb.Filter(must=[condition])
 
 
-def _safe(error: Exception, api_key: Optional[str]) -> str:
-    text = "%s: %s" % (type(error).__name__, error)
-    if api_key:
-        text = text.replace(api_key, "***")
-    return text
+def _safe(error: Exception, *secrets: Optional[str]) -> str:
+    from .connection import redact
+
+    return redact("%s: %s" % (type(error).__name__, error), *secrets)
 
 
 def _with_vectors(with_vectors: bool, vector_name: Optional[str]):

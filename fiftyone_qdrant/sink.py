@@ -674,7 +674,9 @@ class ServerTarget(Target):
 
     def describe(self, error: BaseException) -> str:
         text = super().describe(error)
-        return text.replace(self._api_key, "***") if self._api_key else text
+        from .connection import redact
+
+        return self.store.redact(redact(text, self._api_key))
 
     def schema(self, name: str) -> Optional[CollectionSchema]:
         from qdrant_client import models as qm

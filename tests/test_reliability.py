@@ -710,6 +710,37 @@ def test_api_key_never_leaks(dataset_factory, store_path, caplog, monkeypatch, f
     assert len(caplog.records) > 0 and len(shown) > 20
 
 
+def test_a_password_inside_the_url_never_leaks(dataset_factory, caplog, fake_qdrant):
+    """``http://user:secret@host`` carries a secret like the API key: it
+    appears in no error, log, repr, store description or CLI output."""
+    from fiftyone_qdrant.connection import ConnectionSettings
+    from fiftyone_qdrant.similarity import QdrantSimilarityConfig
+
+    caplog.set_level(logging.DEBUG)
+    password = "pw-%s" % uuid.uuid4().hex
+    dataset = dataset_factory(4)
+    X = random_embeddings(4, 4, seed=1)
+    shown = []
+    for port, kwargs in ((fake_qdrant(401), {}), (closed_port(), {}), (closed_port(), {"prefer_grpc": True})):
+        url = "http://admin:%s@127.0.0.1:%d" % (password, port)
+        with pytest.raises(foq.ConnectionFailedError) as info:
+            fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="pw", url=url, timeout=2, **kwargs)
+        shown.append(_exception_texts(info.value))
+        config = QdrantSimilarityConfig(url=url)
+        settings = ConnectionSettings(url=url)
+        shown += [repr(config), config.to_str(), repr(settings), settings.describe()]
+        cli = subprocess.run([sys.executable, "-m", "fiftyone_qdrant.cli", "list", "--url", url, "--timeout", "2"],
+                             capture_output=True, text=True, timeout=120)
+        assert cli.returncode != 0
+        shown += [cli.stdout, cli.stderr]
+    assert "admin:***@127.0.0.1" in settings.describe()
+    shown += [r.getMessage() + str(r.args) + str(r.exc_text or "") for r in caplog.records]
+    leaks = [text for text in shown if password in text]
+    assert not leaks, leaks[0][:2000]
+    dataset.reload()
+    assert "pw" not in dataset.list_brain_runs()
+
+
 # -- 6. hostile collection names, brain keys and dataset names ----------------
 
 HOSTILE_COLLECTION_NAMES = [
