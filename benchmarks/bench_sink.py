@@ -25,7 +25,10 @@ Every path starts from the same JSON lines (connector format, with a
   store (``client.upsert([point], wait=True)``), what the reference
   connector's per-record ``wait=true`` upsert costs here;
 * **per record, durable, raw engine**: ``update([point])`` + ``flush()`` on a
-  bare shard.
+  bare shard;
+* **a reader during the stream**: a second process's top-10 queries on
+  another collection of the same store, idle and while ``fiftyone-qdrant
+  sink`` streams the records in (p50/p95/p99/max).
 
 The sink and the two no-flush baselines run ``--rounds`` times, interleaved
 (sink, baseline, baseline with msgspec, sink, ...), and the medians are
@@ -43,6 +46,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -195,6 +199,50 @@ def bench_per_record_raw_engine(records_path: str, work_dir: str, limit: int, di
     return {"records": limit, "seconds": elapsed, "records_per_s": limit / elapsed}
 
 
+def bench_reader_during_stream(records_path: str, work_dir: str, dim: int, idle_s: float = 5.0) -> dict:
+    """A second process's top-10 queries on a collection (as the App does)
+    idle, then while ``fiftyone-qdrant sink`` streams the records into
+    another collection of the same store, through the same local service."""
+    store_path = os.path.join(work_dir, "reader-store")
+    store = _fresh_store(store_path)
+    # the collection queried: 20k points, as a FiftyOne index would be
+    store.client.create_collection("queried", vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE))
+    X = np.random.default_rng(1).standard_normal((20000, dim)).astype(np.float32)
+    with store.batch("queried"):
+        for lo in range(0, len(X), 1000):
+            store.upsert("queried", list(range(lo + 1, lo + 1001)), X[lo:lo + 1000], [{} for _ in range(1000)])
+    query = X[:1]
+
+    def timed_queries(until) -> list:
+        times = []
+        while until():
+            t0 = time.perf_counter()
+            store.query_batch("queried", query, 10)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    end = time.monotonic() + idle_s
+    idle = timed_queries(lambda: time.monotonic() < end)
+    sink = subprocess.Popen([sys.executable, "-m", "fiftyone_qdrant.cli", "sink", records_path, "--path", store_path,
+                             "--dead-letter", os.path.join(work_dir, "reader-dead.jsonl")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while sink.poll() is None and not store.collection_exists(COLLECTION):
+        time.sleep(0.01)
+    busy = timed_queries(lambda: sink.poll() is None)
+    assert sink.wait() == 0
+    written = store.count(COLLECTION)
+    store.close()
+    local.stop_service(store_path)
+
+    def ms(times, q):
+        return float(np.percentile(np.asarray(times) * 1000, q))
+
+    return {"idle_p50_ms": ms(idle, 50), "idle_p95_ms": ms(idle, 95), "idle_p99_ms": ms(idle, 99),
+            "streaming_p50_ms": ms(busy, 50), "streaming_p95_ms": ms(busy, 95), "streaming_p99_ms": ms(busy, 99),
+            "streaming_max_ms": float(np.max(busy) * 1000), "queries_while_streaming": len(busy),
+            "records_written": written}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=20000)
@@ -226,6 +274,7 @@ def main() -> None:
         results["per_record"] = bench_per_record(records_path, work_dir, baseline_count)
         results["per_record_raw_engine"] = bench_per_record_raw_engine(records_path, work_dir, baseline_count,
                                                                        args.dim)
+        results["reader_during_stream"] = bench_reader_during_stream(records_path, work_dir, args.dim)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -243,6 +292,13 @@ def main() -> None:
         cpu = "%9.2f" % r["cpu_seconds"] if "cpu_seconds" in r else "%9s" % "-"
         print("%-52s %8d %9.2f %s %11.0f %8.2fx" % (label, r["records"], r["seconds"], cpu, r["records_per_s"],
                                                     sink_rate / r["records_per_s"]))
+    reader = results["reader_during_stream"]
+    print()
+    print("a second process querying while the sink streams (top-10 over 20k points, ms):")
+    print("  idle       p50 %.1f  p95 %.1f  p99 %.1f" % (reader["idle_p50_ms"], reader["idle_p95_ms"], reader["idle_p99_ms"]))
+    print("  streaming  p50 %.1f  p95 %.1f  p99 %.1f  max %.1f  (%d queries)" % (
+        reader["streaming_p50_ms"], reader["streaming_p95_ms"], reader["streaming_p99_ms"], reader["streaming_max_ms"],
+        reader["queries_while_streaming"]))
     results["rounds"] = rounds
     if args.json:
         with open(args.json, "w") as f:

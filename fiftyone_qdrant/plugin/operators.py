@@ -859,10 +859,9 @@ class SortByQdrantSimilarity(foo.Operator):
             ctx.ops.reload_dataset()  # the App learns the new field before the view that sets it
         sorted_view, ids, dists = sort_by_similarity_with_distances(view, brain_key, query, k=k, dist_field=dist_field)
         ctx.ops.set_view(view=sorted_view)
-        path = dist_field
         active = list(ctx.active_fields or [])
-        if path not in active:
-            ctx.ops.set_active_fields(fields=active + [path])
+        if dist_field not in active:
+            ctx.ops.set_active_fields(fields=active + [dist_field])
         message = "Sorted by similarity with '%s': %d results, distances in '%s'" % (brain_key, len(ids), dist_field)
         ctx.ops.notify(message, variant="success")
         return {"message": message, "ids": ids, "distances": dists, "dist_field": dist_field}
@@ -961,8 +960,9 @@ def _short_store_name(target: Dict[str, Any], where: str) -> str:
     """A store's name for a table cell: its URL, or its directory's name."""
     if target.get("url"):
         return target["url"]
-    path = target.get("path") or resolve_settings(**target).describe()
-    return os.path.basename(os.path.normpath(path)) if target.get("path") else where
+    if target.get("path"):
+        return os.path.basename(os.path.normpath(target["path"]))
+    return where
 
 
 class ListQdrantIndexes(foo.Operator):
