@@ -1288,7 +1288,10 @@ def test_clip_create_query_and_manage(clip, store_path):
 
     # the run can reload its model, so it supports prompts in any session
     assert dataset.list_brain_runs(type=fob.Similarity, supports_prompts=True) == ["qdrant_index"]
-    later = dataset.load_brain_results("qdrant_index", cache=False)  # as in a new session
+    from fiftyone_qdrant.models import clear_model_cache
+
+    clear_model_cache()  # as in a new session: this process keeps the models it loaded
+    later = dataset.load_brain_results("qdrant_index", cache=False)
     assert later.supports_prompts
     reloaded = later.get_model()
     assert reloaded is not model
