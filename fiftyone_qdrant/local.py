@@ -31,6 +31,12 @@ SPAWN_LOCK = "spawn.lock"
 LOG_FILE = "service.log"
 START_TIMEOUT_S = 60.0
 
+# Extension headers of the local service (see fiftyone_qdrant.service);
+# servers and other clients ignore them
+REVISION_HEADER = "fiftyone-qdrant-revision"
+SNAPSHOT_BEGIN_HEADER = "fiftyone-qdrant-snapshot-begin"
+SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
+
 # root -> (descriptor holding the shared lock, number of open stores)
 _client_locks: Dict[str, list] = {}
 _lock = threading.Lock()
@@ -44,20 +50,26 @@ class ServiceAddress:
     token: str = dataclasses.field(repr=False)
 
 
-def _is_owned(root: str) -> bool:
-    """Whether a live service holds the store's service lock."""
+def can_lock(path: str, exclusive: bool) -> bool:
+    """Whether a lock of that kind on ``path`` could be taken right now
+    (it is taken and let go at once); True when the file does not exist."""
     try:
-        fd = os.open(os.path.join(root, SERVICE_LOCK), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
         return True
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except BlockingIOError:
+        return False
     finally:
         os.close(fd)
+
+
+def _is_owned(root: str) -> bool:
+    """Whether a live service holds the store's service lock (exclusive)."""
+    return not can_lock(os.path.join(root, SERVICE_LOCK), exclusive=False)
 
 
 def read_address(root: str) -> Optional[ServiceAddress]:

@@ -27,6 +27,7 @@ from qdrant_client.conversions.conversion import grpc_to_payload
 
 from .engine import CollectionSpec, Hit, IdRestriction, PointRecord, VectorStore, iter_pages
 from .errors import CollectionNotFoundError, ConfigError, ConnectionFailedError, QdrantBackendError
+from .local import REVISION_HEADER, SNAPSHOT_BEGIN_HEADER, SNAPSHOT_END_HEADER
 from .wire import encode_upsert
 
 logger = logging.getLogger(__name__)
@@ -35,12 +36,6 @@ logger = logging.getLogger(__name__)
 # service decodes and indexes the previous one keeps both cores busy
 _MAX_IN_FLIGHT = 2
 _INFO_TTL_S = 2.0
-# extension headers of the local service (fiftyone_qdrant.service); servers ignore them
-_REVISION_HEADER = "fiftyone-qdrant-revision"
-_SNAPSHOT_BEGIN_HEADER = "fiftyone-qdrant-snapshot-begin"
-_SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
-_GRPC_DISTANCES = {"cosine": pb.Distance.Cosine, "dotproduct": pb.Distance.Dot,
-                   "euclidean": pb.Distance.Euclid, "manhattan": pb.Distance.Manhattan}
 
 # Cluster and WAL settings, which have no meaning for one local shard
 _SERVER_ONLY_KEYS = ("replication_factor", "shard_number", "write_consistency_factor", "wal_config")
@@ -170,7 +165,7 @@ class ServerStore(VectorStore):
             except (CollectionNotFoundError, ConfigError):
                 raise
             except Exception as e:
-                if attempt == 0 and self.is_local and _grpc_code(e) == "UNAVAILABLE":
+                if attempt == 0 and self.is_local and grpc_code(e) == "UNAVAILABLE":
                     logger.info("The local Qdrant service of the %s went away; starting it again", self.location)
                     self._reconnect()
                     fn = _rebind(fn, self.client)
@@ -218,7 +213,7 @@ class ServerStore(VectorStore):
         # HTTP status or gRPC code, not digits in the text (a port such as
         # 40401 in a connection error is no HTTP 401)
         status = getattr(e, "status_code", None)
-        code = _grpc_code(e)
+        code = grpc_code(e)
         if code in ("FAILED_PRECONDITION", "DATA_LOSS", "ALREADY_EXISTS", "INVALID_ARGUMENT", "UNIMPLEMENTED"):
             details = e.details() if callable(getattr(e, "details", None)) else text
             return QdrantBackendError("The %s refused the request: %s" % (self.location, details))
@@ -448,7 +443,7 @@ class ServerStore(VectorStore):
         request = pb.CountPoints(collection_name=name, exact=True)
         response, call = self._call(lambda: self.client.grpc_points.Count.with_call(request, timeout=self._timeout()))
         trailing = dict(call.trailing_metadata() or ())
-        return trailing.get(_REVISION_HEADER) or str(response.result.count)
+        return trailing.get(REVISION_HEADER) or str(response.result.count)
 
     @contextlib.contextmanager
     def snapshot(self, name: str) -> Iterator[None]:
@@ -467,8 +462,8 @@ class ServerStore(VectorStore):
         self._drain()  # our own writes in flight would wait for the snapshot
         request = pb.CollectionExistsRequest(collection_name=name)
         _, call = self._call(lambda: self.client.grpc_collections.CollectionExists.with_call(
-            request, metadata=[(_SNAPSHOT_BEGIN_HEADER, "1")], timeout=self._timeout()))
-        lease = dict(call.trailing_metadata() or ()).get(_SNAPSHOT_BEGIN_HEADER)
+            request, metadata=[(SNAPSHOT_BEGIN_HEADER, "1")], timeout=self._timeout()))
+        lease = dict(call.trailing_metadata() or ()).get(SNAPSHOT_BEGIN_HEADER)
         self._snapshot_depth.value = 1
         try:
             yield
@@ -476,7 +471,7 @@ class ServerStore(VectorStore):
             self._snapshot_depth.value = 0
             if lease:
                 self._call(lambda: self.client.grpc_collections.CollectionExists(
-                    request, metadata=[(_SNAPSHOT_END_HEADER, lease)], timeout=self._timeout()))
+                    request, metadata=[(SNAPSHOT_END_HEADER, lease)], timeout=self._timeout()))
 
     def _cached_info(self, name: str):
         hit = self._info_cache.get(name)
@@ -590,7 +585,8 @@ class ServerStore(VectorStore):
                 unregister_client(self._local_root)
 
 
-def _grpc_code(error: BaseException) -> Optional[str]:
+def grpc_code(error: BaseException) -> Optional[str]:
+    """The gRPC status name of a client error (``UNAVAILABLE``...), else None."""
     try:
         code = error.code() if callable(getattr(error, "code", None)) else None
     except Exception:

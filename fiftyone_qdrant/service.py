@@ -47,12 +47,19 @@ import qdrant_edge as qe
 from qdrant_client import grpc as pb
 from qdrant_client.conversions.conversion import grpc_to_payload, payload_to_grpc, value_to_json
 
+from .local import (
+    CLIENTS_LOCK,
+    LOG_FILE,
+    REVISION_HEADER,
+    SERVICE_FILE,
+    SERVICE_LOCK,
+    SNAPSHOT_BEGIN_HEADER,
+    SNAPSHOT_END_HEADER,
+    can_lock,
+)
+
 logger = logging.getLogger("fiftyone_qdrant.service")
 
-SERVICE_FILE = "service.json"
-SERVICE_LOCK = "service.lock"
-CLIENTS_LOCK = "clients.lock"
-LOG_FILE = "service.log"
 COLLECTION_FILE = "collection.json"
 FORMAT = 2  # 1: written by the in-process store of fiftyone-qdrant 0.1 (no WAL)
 IDLE_S_ENV = "FIFTYONE_QDRANT_SERVICE_IDLE_S"
@@ -687,9 +694,6 @@ def _fill_unimplemented(servicer_cls, base_cls, service_name: str):
     return servicer_cls
 
 
-REVISION_HEADER = "fiftyone-qdrant-revision"
-SNAPSHOT_BEGIN_HEADER = "fiftyone-qdrant-snapshot-begin"
-SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
 SNAPSHOT_LEASE_S = 60.0
 # Points applied under one write hold: ~10 ms of engine time at 512-d, so a
 # query waits at most that long behind a big upsert
@@ -1094,10 +1098,11 @@ class _TokenCheck(grpc.ServerInterceptor):
 # -- the process ------------------------------------------------------------------
 
 
-def _lock_nonblocking(path: str, exclusive: bool = True) -> Optional[int]:
+def _lock_nonblocking(path: str) -> Optional[int]:
+    """The service lock, held for the process's life; None if taken."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd
     except BlockingIOError:
         os.close(fd)
@@ -1106,12 +1111,7 @@ def _lock_nonblocking(path: str, exclusive: bool = True) -> Optional[int]:
 
 def _no_clients(root: str) -> bool:
     """True when no client process holds its shared lock on clients.lock."""
-    fd = _lock_nonblocking(os.path.join(root, CLIENTS_LOCK))
-    if fd is None:
-        return False
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-    return True
+    return can_lock(os.path.join(root, CLIENTS_LOCK), exclusive=True)
 
 
 class Service:

@@ -793,48 +793,29 @@ class ServerTarget(Target):
                 return True
         except ImportError:  # pragma: no cover
             pass
-        code = getattr(error, "code", None)
-        if callable(code):  # grpc.RpcError
-            try:
-                name = code().name
-            except Exception:
-                return False
-            return name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNKNOWN")
-        return False
+        return _grpc_code(error) in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL",
+                                     "UNKNOWN")
 
     def is_fatal(self, error: BaseException) -> bool:
         if _status_code(error) in (401, 403):
             return True
-        code = getattr(error, "code", None)
-        try:
-            return callable(code) and code().name in ("UNAUTHENTICATED", "PERMISSION_DENIED")
-        except Exception:
-            return False
+        return _grpc_code(error) in ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
     def close(self) -> None:
         self.store.close()
 
 
 def _grpc_code(error: BaseException) -> Optional[str]:
-    code = getattr(error, "code", None)
-    try:
-        return code().name if callable(code) else None
-    except Exception:
-        return None
+    from .server import grpc_code  # qdrant-client loads only when a target is used
+
+    return grpc_code(error)
 
 
 def _status_code(error: BaseException) -> Optional[int]:
     status = getattr(error, "status_code", None)
     if isinstance(status, int):
         return status
-    code = getattr(error, "code", None)
-    if callable(code):  # grpc
-        try:
-            if code().name == "NOT_FOUND":
-                return 404
-        except Exception:
-            pass
-    return None
+    return 404 if _grpc_code(error) == "NOT_FOUND" else None
 
 
 def _collection_metadata() -> Dict[str, Any]:
