@@ -263,8 +263,11 @@ def load_model_from_spec(spec: Mapping[str, Any], device: Union[str, torch.devic
         model = _MODEL_CACHE.pop(key, None)
         if model is not None:
             _MODEL_CACHE[key] = model  # most recently used last
+            _MODEL_CACHE_STATS["hits"] += 1
             return model
     model = _build_model_from_spec(spec, device)
+    with _MODEL_CACHE_LOCK:
+        _MODEL_CACHE_STATS["loads"] += 1
     if MODEL_CACHE_SIZE > 0:
         with _MODEL_CACHE_LOCK:
             _MODEL_CACHE[key] = model
@@ -282,6 +285,7 @@ def load_model_from_spec(spec: Mapping[str, Any], device: Union[str, torch.devic
 MODEL_CACHE_SIZE = max(0, int(os.environ.get("FIFTYONE_QDRANT_MODEL_CACHE_SIZE", "2") or 0))
 _MODEL_CACHE: "Dict[Tuple[Any, ...], fom.Model]" = {}
 _MODEL_CACHE_LOCK = threading.Lock()
+_MODEL_CACHE_STATS = {"loads": 0, "hits": 0}
 
 
 def _model_cache_key(spec: Mapping[str, Any], device: torch.device) -> Tuple[Any, ...]:
@@ -298,6 +302,18 @@ def clear_model_cache() -> None:
     """Drops the models kept warm by :func:`load_model_from_spec`."""
     with _MODEL_CACHE_LOCK:
         _MODEL_CACHE.clear()
+
+
+def model_cache_info() -> Dict[str, Any]:
+    """How this process's warm models have served: ``loads`` (models built
+    from a spec), ``hits`` (calls answered by a warm model), ``warm`` (the
+    specs' model names now kept) and ``size`` (``MODEL_CACHE_SIZE``).
+
+    What the App's "Qdrant status" shows: a text prompt that reloads its
+    model in the App server shows up as one more load."""
+    with _MODEL_CACHE_LOCK:
+        warm = [json.loads(key[0])["model"] for key in _MODEL_CACHE]
+        return dict(_MODEL_CACHE_STATS, warm=warm, size=MODEL_CACHE_SIZE)
 
 
 def _build_model_from_spec(spec: ModelSpec, device: torch.device) -> fom.Model:

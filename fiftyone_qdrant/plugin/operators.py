@@ -1363,6 +1363,64 @@ class MigrateBuiltinQdrantRuns(foo.Operator):
         return types.Property(outputs, view=types.View(label="Migrated"))
 
 
+# -- status --------------------------------------------------------------------
+
+
+class QdrantStatus(foo.Operator):
+    """What this App server process holds: the local Qdrant service of each
+    embedded store it uses, and the prompt models kept warm
+    (:func:`fiftyone_qdrant.models.model_cache_info`).
+
+    Shows why a text prompt is fast or slow: after the first prompt of an
+    index, ``loads`` stays the same and ``hits`` counts the prompts.
+    """
+
+    @property
+    def config(self):
+        return _config(
+            name="qdrant_status",
+            label="Qdrant status",
+            description="The local Qdrant services and the prompt models this App server keeps warm",
+            icon="info",
+            risk_level="low",
+            view_target=False,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _store_inputs(inputs)
+        return types.Property(inputs, view=types.View(label="Qdrant status"))
+
+    @reports_failures
+    def execute(self, ctx):
+        from fiftyone_qdrant import local, models
+
+        services = []
+        for target, where in stores_to_list(ctx):
+            settings = resolve_settings(**target)
+            if settings.url is None:
+                status = local.service_status(settings.store_path)
+                services.append({"store": where, "running": status is not None,
+                                 "pid": status["pid"] if status else None,
+                                 "address": status["address"] if status else None})
+        info = models.model_cache_info()
+        return {"app_server_pid": os.getpid(), "services": services, "model_loads": info["loads"],
+                "model_hits": info["hits"], "warm_models": info["warm"], "model_cache_size": info["size"]}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("app_server_pid", label="App server process")
+        table = types.TableView()
+        for key, label in (("store", "Store"), ("running", "Service running"), ("pid", "Service pid"),
+                           ("address", "Address")):
+            table.add_column(key, label=label)
+        outputs.list("services", types.Object(), label="Local Qdrant services", view=table)
+        outputs.int("model_loads", label="Prompt models loaded")
+        outputs.int("model_hits", label="Prompts answered by a warm model")
+        outputs.list("warm_models", types.String(), label="Warm models")
+        return types.Property(outputs, view=types.View(label="Qdrant status"))
+
+
 OPERATORS = (
     BuildQdrantIndex,
     SortByQdrantSimilarity,
@@ -1370,4 +1428,5 @@ OPERATORS = (
     DeleteQdrantIndex,
     AttachQdrantIndex,
     MigrateBuiltinQdrantRuns,
+    QdrantStatus,
 )
