@@ -49,6 +49,9 @@ class CollectionSpec:
     hnsw_config: Optional[Dict[str, Any]] = None
     optimizers_config: Optional[Dict[str, Any]] = None
     wal_config: Optional[Dict[str, Any]] = None
+    quantization_config: Optional[Dict[str, Any]] = None  # {"scalar"|"product"|"binary": {...}}
+    on_disk: Optional[bool] = None  # original vectors memory-mapped from disk
+    on_disk_payload: Optional[bool] = None
     replication_factor: Optional[int] = None
     shard_number: Optional[int] = None
     write_consistency_factor: Optional[int] = None

@@ -49,6 +49,19 @@ DISTANCES = {
 _METRICS_BY_DISTANCE = {v: k for k, v in DISTANCES.items()}
 
 
+def _quantization_model(config: Optional[Dict[str, Any]]):
+    """qdrant-client's model of a ``quantization_config`` dict (one of
+    scalar, product, binary), as CollectionSpec holds it."""
+    if not config:
+        return None
+    models = {"scalar": (qm.ScalarQuantization, qm.ScalarQuantizationConfig),
+              "product": (qm.ProductQuantization, qm.ProductQuantizationConfig),
+              "binary": (qm.BinaryQuantization, qm.BinaryQuantizationConfig)}
+    (kind, settings), = config.items()
+    outer, inner = models[kind]
+    return outer(**{kind: inner(**settings)})
+
+
 class ServerStore(VectorStore):
     def __init__(
         self,
@@ -258,7 +271,7 @@ class ServerStore(VectorStore):
                     "%s only apply to a Qdrant server: the embedded store (one shard on local disk) "
                     "ignores them for collection '%s'", ", ".join("`%s`" % k for k in ignored), name,
                 )
-        params = qm.VectorParams(size=spec.dimension, distance=DISTANCES[spec.metric])
+        params = qm.VectorParams(size=spec.dimension, distance=DISTANCES[spec.metric], on_disk=spec.on_disk)
         vectors = {spec.vector_name: params} if spec.vector_name else params
         self._call(
             self.client.create_collection,
@@ -270,6 +283,8 @@ class ServerStore(VectorStore):
             hnsw_config=qm.HnswConfigDiff(**spec.hnsw_config) if spec.hnsw_config else None,
             optimizers_config=qm.OptimizersConfigDiff(**spec.optimizers_config) if spec.optimizers_config else None,
             wal_config=qm.WalConfigDiff(**spec.wal_config) if spec.wal_config else None,
+            quantization_config=_quantization_model(spec.quantization_config),
+            on_disk_payload=spec.on_disk_payload,
             metadata=metadata,
         )
         for field in keyword_fields:

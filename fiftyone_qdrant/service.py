@@ -47,6 +47,7 @@ import qdrant_edge as qe
 from qdrant_client import grpc as pb
 from qdrant_client.conversions.conversion import grpc_to_payload, payload_to_grpc, value_to_json
 
+from . import indexing
 from .local import (
     CLIENTS_LOCK,
     LOG_FILE,
@@ -135,6 +136,60 @@ def _write_json_atomic(path: str, doc: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+_EDGE_COMPRESSION = {pb.CompressionRatio.x4: qe.CompressionRatio.X4, pb.CompressionRatio.x8: qe.CompressionRatio.X8,
+                     pb.CompressionRatio.x16: qe.CompressionRatio.X16, pb.CompressionRatio.x32: qe.CompressionRatio.X32,
+                     pb.CompressionRatio.x64: qe.CompressionRatio.X64}
+_EDGE_BINARY_ENCODING = {pb.BinaryQuantizationEncoding.OneBit: qe.BinaryQuantizationEncoding.OneBit,
+                         pb.BinaryQuantizationEncoding.TwoBits: qe.BinaryQuantizationEncoding.TwoBits,
+                         pb.BinaryQuantizationEncoding.OneAndHalfBits: qe.BinaryQuantizationEncoding.OneAndHalfBits}
+
+
+def describe_quantization(message) -> Optional[Dict[str, Any]]:
+    """A QuantizationConfig (or a QuantizationConfigDiff's setting) as JSON
+    for collection.json: ``{"scalar"|"product"|"binary": {...}}``; None for
+    ``disabled``. Refuses what the engine cannot apply, naming it."""
+    kind = message.WhichOneof("quantization")
+    if kind == "disabled":
+        return None
+    if kind not in ("scalar", "product", "binary"):
+        raise unimplemented("Quantization %r" % kind)
+    settings = getattr(message, kind)
+    for unsupported in ("memory", "query_encoding"):
+        if unsupported in settings.DESCRIPTOR.fields_by_name and settings.HasField(unsupported):
+            raise unimplemented("%s quantization with %s" % (kind, unsupported))
+    if kind == "scalar" and settings.type != pb.QuantizationType.Int8:
+        raise invalid("Scalar quantization: type must be int8")
+    if kind == "scalar" and settings.HasField("quantile") and not 0.5 <= settings.quantile <= 1.0:
+        raise invalid("Scalar quantization: quantile must be in [0.5, 1], got %g" % settings.quantile)
+    return {kind: _diff(settings)}
+
+
+def _edge_quantization(config: Optional[Dict[str, Any]]):
+    if not config:
+        return None
+    (kind, settings), = config.items()
+    always_ram = settings.get("always_ram")
+    if kind == "scalar":
+        return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=settings.get("quantile"), always_ram=always_ram)
+    if kind == "product":
+        return qe.ProductQuantizationConfig(_EDGE_COMPRESSION[settings.get("compression", 0)], always_ram=always_ram)
+    encoding = settings.get("encoding")
+    return qe.BinaryQuantizationConfig(
+        always_ram=always_ram, encoding=_EDGE_BINARY_ENCODING[encoding] if encoding is not None else None)
+
+
+def grpc_quantization(config: Dict[str, Any]) -> pb.QuantizationConfig:
+    (kind, settings), = config.items()
+    return pb.QuantizationConfig(**{kind: settings})
+
+
+def indexing_threshold_kb(description: Dict[str, Any]) -> int:
+    """Qdrant's ``indexing_threshold`` (KB of vectors in a segment before it
+    gets an HNSW index; 0 turns indexing off)."""
+    value = (description.get("optimizers_config") or {}).get("indexing_threshold")
+    return _OPTIMIZER_DEFAULTS["indexing_threshold"] if value is None else int(value)
+
+
 def edge_config(description: Dict[str, Any]) -> qe.EdgeConfig:
     """The engine config of a collection described as in collection.json."""
     dense = {}
@@ -143,16 +198,19 @@ def edge_config(description: Dict[str, Any]) -> qe.EdgeConfig:
         dense[name] = qe.EdgeVectorParams(
             size=int(params["size"]), distance=_EDGE_DISTANCE[params["metric"]],
             multivector_config=multi, on_disk=params.get("on_disk"),
+            quantization_config=_edge_quantization(params.get("quantization_config")),
         )
     hnsw = description.get("hnsw_config")
-    optimizers = description.get("optimizers_config")
+    # the threshold is always explicit: the background indexer decides with
+    # the same number as the engine's optimizer (see indexing.py)
+    optimizers = dict(description.get("optimizers_config") or {}, indexing_threshold=indexing_threshold_kb(description))
     return qe.EdgeConfig(
         vectors=(dense[""] if list(dense) == [""] else dense) or None,
         sparse_vectors={n: qe.EdgeSparseVectorParams() for n in description.get("sparse_vectors", [])} or None,
         hnsw_config=qe.HnswIndexConfig(**dict(_HNSW_DEFAULTS, **{k: v for k, v in hnsw.items() if k in _HNSW_KEYS}))
         if hnsw else None,
-        optimizers=qe.EdgeOptimizersConfig(**{k: v for k, v in optimizers.items() if k in _OPTIMIZER_KEYS})
-        if optimizers else None,
+        quantization_config=_edge_quantization(description.get("quantization_config")),
+        optimizers=qe.EdgeOptimizersConfig(**{k: v for k, v in optimizers.items() if k in _OPTIMIZER_KEYS}),
         on_disk_payload=description.get("on_disk_payload"),
         wal_enabled=True,
     )
@@ -239,6 +297,9 @@ class Collection:
         self.lock = ReadWriteLock()
         self.revision = 0  # bumped by every write: a change counter for caches
         self.write_lock = threading.Lock()  # collection.json updates
+        self.last_write = 0.0  # time.monotonic() of the last write (the indexer waits for a pause)
+        self.tracker: Optional[indexing.Tracker] = None  # while a copy of it is being indexed
+        self.pending_vectors = 0  # vectors written since the last rebuild (see indexing.needs_index)
 
     @property
     def metadata(self) -> Dict[str, Any]:
@@ -274,6 +335,14 @@ class Store:
                 "starting with a letter or digit" % (name,)
             )
         return os.path.join(self.collections_dir, name)
+
+    def open_collections(self) -> List[Collection]:
+        with self._lock:
+            return list(self._open.values())
+
+    def open_collection(self, name: str) -> Optional[Collection]:
+        with self._lock:
+            return self._open.get(name)
 
     def names(self) -> List[str]:
         return sorted(
@@ -312,6 +381,7 @@ class Store:
         shard_dir = os.path.join(directory, "shard")
         if not os.path.isdir(directory):
             raise not_found("Collection '%s' does not exist in the embedded store at '%s'" % (name, self.root))
+        indexing.recover(directory)
         try:
             with open(path) as f:
                 description = json.load(f)
@@ -636,7 +706,7 @@ def describe_vectors(config: pb.VectorsConfig) -> Dict[str, Dict[str, Any]]:
         if p.HasField("on_disk"):
             d["on_disk"] = p.on_disk
         if p.HasField("quantization_config"):
-            raise unimplemented("Quantization (quantization_config)")
+            d["quantization_config"] = describe_quantization(p.quantization_config)
         out[name] = d
     return out
 
@@ -653,6 +723,8 @@ def grpc_vector_params(params: Dict[str, Any]) -> pb.VectorParams:
         p.multivector_config.comparator = pb.MultiVectorComparator.MaxSim
     if params.get("on_disk") is not None:
         p.on_disk = params["on_disk"]
+    if params.get("quantization_config"):
+        p.quantization_config.CopyFrom(grpc_quantization(params["quantization_config"]))
     return p
 
 
@@ -738,7 +810,8 @@ class CollectionsServicer(_Servicer, pb.CollectionsServicer):
     def Get(self, request, context):
         c = self.collection(request.collection_name)
         d = c.description
-        info = c.shard.info()
+        with c.lock.hold("r"):  # the indexer may be swapping the shard
+            info = c.shard.info()
         dense = d["vectors"]
         params = pb.CollectionParams(shard_number=1, replication_factor=1, write_consistency_factor=1,
                                      on_disk_payload=bool(d.get("on_disk_payload", True)))
@@ -757,6 +830,8 @@ class CollectionsServicer(_Servicer, pb.CollectionsServicer):
             wal_config=pb.WalConfigDiff(wal_capacity_mb=32, wal_segments_ahead=0),
             metadata=grpc_payload(c.metadata),
         )
+        if d.get("quantization_config"):
+            config.quantization_config.CopyFrom(grpc_quantization(d["quantization_config"]))
         schema = {
             field: pb.PayloadSchemaInfo(data_type=_grpc_schema_type(i.data_type),
                                         points=i.points)
@@ -771,7 +846,7 @@ class CollectionsServicer(_Servicer, pb.CollectionsServicer):
 
     @_rpc
     def Create(self, request, context):
-        for unsupported in ("quantization_config", "strict_mode_config", "sharding_method"):
+        for unsupported in ("strict_mode_config", "sharding_method"):
             if request.HasField(unsupported):
                 raise unimplemented("Collections.Create with %s" % unsupported)
         vectors = describe_vectors(request.vectors_config) if request.HasField("vectors_config") else {}
@@ -787,16 +862,20 @@ class CollectionsServicer(_Servicer, pb.CollectionsServicer):
             description["optimizers_config"] = _diff(request.optimizers_config)
         if request.HasField("on_disk_payload"):
             description["on_disk_payload"] = request.on_disk_payload
+        if request.HasField("quantization_config"):
+            description["quantization_config"] = describe_quantization(request.quantization_config)
         self.store.create(request.collection_name, description, {})
         return pb.CollectionOperationResponse(result=True)
 
     @_rpc
     def Update(self, request, context):
         c = self.collection(request.collection_name)
-        for unsupported in ("params", "hnsw_config", "vectors_config", "quantization_config",
+        for unsupported in ("params", "hnsw_config", "vectors_config",
                             "sparse_vectors_config", "strict_mode_config"):
             if request.HasField(unsupported):
                 raise unimplemented("Collections.Update of %s" % unsupported)
+        quantization = (describe_quantization(request.quantization_config)
+                        if request.HasField("quantization_config") else False)
         with c.write_lock:
             if request.metadata:
                 # Qdrant merges metadata keys; a null value removes its key
@@ -811,9 +890,14 @@ class CollectionsServicer(_Servicer, pb.CollectionsServicer):
                     c.description.get("optimizers_config") or {}, **_diff(request.optimizers_config)
                 )
                 c.save_description()
-                # an optimizer update makes Qdrant re-plan optimizations; here
-                # they run at once and the call returns when they are done
-                c.shard.optimize()
+            if quantization is not False:
+                c.description["quantization_config"] = quantization
+                c.save_description()
+        if request.HasField("optimizers_config") or quantization is not False:
+            # Qdrant re-plans its optimizations; here the indexer runs them
+            # at once, and this call returns when they are done (other
+            # requests are served meanwhile)
+            self.service.indexer.request(c.name, force=quantization is not False).wait()
         return pb.CollectionOperationResponse(result=True)
 
     @_rpc
@@ -838,17 +922,57 @@ def _selected(selector: pb.PointsSelector):
     raise invalid("Select points by ids or by a filter")
 
 
-class PointsServicer(_Servicer, pb.PointsServicer):
-    def _update(self, name: str, operation, request_bytes: int = 0) -> pb.PointsOperationResponse:
-        return self._update_all(name, [operation], request_bytes)
+def _point_ids(points) -> list:
+    return [point_id(p.id) for p in points]
 
-    def _update_all(self, name: str, operations, request_bytes: int = 0) -> pb.PointsOperationResponse:
+
+def _touched(selector: pb.PointsSelector) -> Optional[list]:
+    """The ids a selector names; None for a filter (it may match any)."""
+    if selector.WhichOneof("points_selector_one_of") == "points":
+        return [point_id(p) for p in selector.points.ids]
+    return None
+
+
+def _batch_touched(operations) -> Optional[list]:
+    ids: list = []
+    for operation in operations:
+        kind = operation.WhichOneof("operation")
+        message = getattr(operation, kind)
+        if kind in ("upsert", "update_vectors"):
+            found = _point_ids(message.points)
+        elif kind in ("delete_points", "clear_payload"):
+            found = _touched(message.points)
+        elif kind in ("delete_deprecated", "clear_payload_deprecated"):
+            found = _touched(message)
+        else:  # set/overwrite/delete payload, delete vectors
+            found = _touched(message.points_selector)
+        if found is None:
+            return None
+        ids.extend(found)
+    return ids
+
+
+class PointsServicer(_Servicer, pb.PointsServicer):
+    def _update(self, name: str, operation, request_bytes: int = 0, touched: Callable = lambda: None,
+                new_vectors: int = 0):
+        return self._update_all(name, [operation], request_bytes, touched, new_vectors)
+
+    def _update_all(self, name: str, operations, request_bytes: int = 0, touched: Callable = lambda: None,
+                    new_vectors: int = 0):
+        """``touched()``: the ids the write changes, or None (a filter: any
+        point); what the background indexer replays (see indexing.py).
+        ``new_vectors``: how many vectors it writes (not yet indexed)."""
         c = self.collection(name)
         check_free_space(self.store.root, request_bytes)
         for operation in operations:  # readers get in between the chunks of a big write
             with c.lock.hold("w"):
+                if c.tracker is not None:
+                    c.tracker.wrote(touched())
                 c.shard.update(operation)
                 c.revision += 1
+                c.last_write = time.monotonic()
+                c.pending_vectors += new_vectors
+                new_vectors = 0  # counted once, with the first chunk
         return _ok()
 
     # engine operations from the messages, shared by the single calls and UpdateBatch
@@ -928,41 +1052,52 @@ class PointsServicer(_Servicer, pb.PointsServicer):
 
     @_rpc
     def Upsert(self, request, context):
-        return self._update_all(request.collection_name, self._upsert_ops(request), request.ByteSize())
+        return self._update_all(request.collection_name, self._upsert_ops(request), request.ByteSize(),
+                                lambda: _point_ids(request.points), len(request.points))
 
     @_rpc
     def Delete(self, request, context):
-        return self._update(request.collection_name, self._delete_op(request.points))
+        return self._update(request.collection_name, self._delete_op(request.points),
+                            touched=lambda: _touched(request.points))
 
     @_rpc
     def SetPayload(self, request, context):
-        return self._update(request.collection_name, self._payload_op(request), request.ByteSize())
+        return self._update(request.collection_name, self._payload_op(request), request.ByteSize(),
+                            lambda: _touched(request.points_selector))
 
     @_rpc
     def OverwritePayload(self, request, context):
-        return self._update(request.collection_name, self._payload_op(request, overwrite=True), request.ByteSize())
+        return self._update(request.collection_name, self._payload_op(request, overwrite=True), request.ByteSize(),
+                            lambda: _touched(request.points_selector))
 
     @_rpc
     def DeletePayload(self, request, context):
-        return self._update(request.collection_name, self._delete_payload_op(request))
+        return self._update(request.collection_name, self._delete_payload_op(request),
+                            touched=lambda: _touched(request.points_selector))
 
     @_rpc
     def ClearPayload(self, request, context):
-        return self._update(request.collection_name, self._clear_payload_op(request.points))
+        return self._update(request.collection_name, self._clear_payload_op(request.points),
+                            touched=lambda: _touched(request.points))
 
     @_rpc
     def UpdateVectors(self, request, context):
-        return self._update(request.collection_name, self._update_vectors_op(request), request.ByteSize())
+        return self._update(request.collection_name, self._update_vectors_op(request), request.ByteSize(),
+                            lambda: _point_ids(request.points), len(request.points))
 
     @_rpc
     def DeleteVectors(self, request, context):
-        return self._update(request.collection_name, self._delete_vectors_op(request))
+        return self._update(request.collection_name, self._delete_vectors_op(request),
+                            touched=lambda: _touched(request.points_selector))
 
     @_rpc
     def UpdateBatch(self, request, context):
         """The operations in order; each is acknowledged once applied."""
         ops_per_operation = [self._batch_ops(o) for o in request.operations]  # all checked before any is applied
-        self._update_all(request.collection_name, [op for ops in ops_per_operation for op in ops], request.ByteSize())
+        new_vectors = sum(len(getattr(o, o.WhichOneof("operation")).points) for o in request.operations
+                          if o.WhichOneof("operation") in ("upsert", "update_vectors"))
+        self._update_all(request.collection_name, [op for ops in ops_per_operation for op in ops], request.ByteSize(),
+                         lambda: _batch_touched(request.operations), new_vectors)
         return pb.UpdateBatchResponse(result=[pb.UpdateResult(status=pb.UpdateStatus.Completed) for _ in ops_per_operation])
 
     @_rpc
@@ -1126,6 +1261,7 @@ class Service:
         self._last_request = time.monotonic()
         self._stopping = threading.Event()
         self.server: Optional[grpc.Server] = None
+        self.indexer = indexing.Indexer(self.store, edge_config, indexing_threshold_kb)
 
     def touch(self) -> None:
         self._last_request = time.monotonic()
@@ -1169,6 +1305,7 @@ class Service:
         pb.add_QdrantServicer_to_server(QdrantServicer(self), self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
+        self.indexer.start()
         return port
 
     def watch(self, service_file: str, inode: int) -> None:
@@ -1183,12 +1320,14 @@ class Service:
             except FileNotFoundError:
                 logger.info("Service file or store deleted: stopping")
                 return
-            if time.monotonic() - self._last_request > self.idle_s and _no_clients(self.root):
+            if (time.monotonic() - self._last_request > self.idle_s and not self.indexer.busy
+                    and _no_clients(self.root)):
                 logger.info("Idle for %.0f s with no client process alive: stopping", self.idle_s)
                 return
 
     def stop(self) -> None:
         self._stopping.set()
+        self.indexer.stop()
 
 
 def serve(root: str, idle_s: Optional[float] = None) -> int:
@@ -1227,7 +1366,9 @@ def serve(root: str, idle_s: Optional[float] = None) -> int:
     try:
         service.watch(service_file, inode)
     finally:
+        service.indexer.stop()
         service.server.stop(grace=5).wait()
+        service.indexer.join(timeout=30)
         service.store.close()
         try:
             if os.stat(service_file).st_ino == inode:

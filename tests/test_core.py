@@ -181,12 +181,14 @@ def test_bad_precomputed_build_writes_nothing(dataset_factory, store_path, make_
     assert foq.list_indexes(path=store_path) == []
 
 
-def test_view_filter_bound_follows_the_search_kind(dataset_factory, store_path):
+def test_view_filter_bound_follows_the_search_kind(dataset_factory, store_path, monkeypatch):
     """While every query scans the collection, larger views are
     sent as id filters (total / 40); once HNSW covers it, only up to ~6 sqrt(total).
     Answers are exact either way (HNSW: nearly)."""
     from fiftyone import ViewField as F
 
+    # no background indexing while the exhaustive case is checked; optimize() below
+    monkeypatch.setenv("FIFTYONE_QDRANT_INDEX_QUIET_S", "3600")
     n = 10000
     dataset = dataset_factory(n)
     dataset.set_values("bucket", [i % 100 for i in range(n)])

@@ -11,6 +11,7 @@ disk) and the migration of stores written by fiftyone-qdrant 0.1.
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -28,6 +29,7 @@ from qdrant_client import models as qm
 
 import fiftyone.brain as fob
 
+from fiftyone_qdrant import errors as foq_errors
 from fiftyone_qdrant import local
 from fiftyone_qdrant.connection import close_all
 from fiftyone_qdrant.engine import CollectionSpec
@@ -198,6 +200,176 @@ def test_unimplemented_calls_say_which_call(service_client):
         service_client.query_points("c", prefetch=[qm.Prefetch(query=[1.0, 0.0])], query=qm.FusionQuery(fusion=qm.Fusion.RRF))
     with pytest.raises(Exception, match="Points.Query with a recommend query"):
         service_client.query_points("c", query=qm.RecommendQuery(recommend=qm.RecommendInput(positive=[[1.0, 0.0]])))
+
+
+# -- background HNSW and quantization ------------------------------------------
+
+
+def _clustered(n, d, seed=0, clusters=40):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, d))
+    x = centers[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _recall_at_10(client, name, x, queries, present=None, **kwargs):
+    """Mean recall@10 of the collection's answers, against numpy over the
+    ``present`` ids (default: all rows of ``x``; id = row)."""
+    present = np.arange(len(x)) if present is None else np.asarray(present)
+    found = []
+    for q in queries:
+        exact = set(present[np.argsort(-(x[present] @ x[q]), kind="stable")[:10]].tolist())
+        got = {p.id for p in client.query_points(name, query=x[q].tolist(), limit=10, **kwargs).points}
+        found.append(len(exact & got) / 10)
+    return float(np.mean(found))
+
+
+def _wait_rebuilds(store_path, name, count, timeout=180):
+    """Until the service has swapped in ``count`` indexed copies of ``name``;
+    the lines of its log that say so."""
+    deadline = time.time() + timeout
+    while True:
+        done = [line for line in _service_log(store_path).splitlines() if "Collection '%s' indexed:" % name in line]
+        if len(done) >= count:
+            return done
+        assert time.time() < deadline, "%d of %d rebuilds after %ds" % (len(done), count, timeout)
+        time.sleep(0.2)
+
+
+def _wait_for_dir(path, timeout=60):
+    """Until the background indexer has started a rebuild (its copy's directory)."""
+    deadline = time.time() + timeout
+    while not os.path.isdir(path):
+        assert time.time() < deadline, "no background rebuild started"
+        time.sleep(0.01)
+
+
+def _service_log(store_path):
+    with open(os.path.join(store_path, local.LOG_FILE)) as f:
+        return f.read()
+
+
+def test_past_its_threshold_a_collection_is_indexed_in_the_background(store_path, monkeypatch):
+    """As on a Qdrant server: once writes pause, a collection past its
+    indexing threshold gets its HNSW index without anyone asking; queries
+    are exact until then, the service answers meanwhile, and writes made
+    while the index is built (by id, replayed; by filter, a retry) are all
+    in the indexed collection."""
+    monkeypatch.setenv("FIFTYONE_QDRANT_INDEX_QUIET_S", "0.3")
+    client = ServerStore.local(store_path).client
+    n, d = 12000, 48
+    x = _clustered(n + 500, d)
+    client.create_collection(
+        "bg", vectors_config=qm.VectorParams(size=d, distance=qm.Distance.COSINE),
+        hnsw_config=qm.HnswConfigDiff(m=32, ef_construct=400),  # a slower build: time to write during it
+        optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=100),  # KB: ~530 vectors of 48-d
+    )
+    client.upload_collection("bg", vectors=x[:n], ids=list(range(n)), payload=[{"i": i} for i in range(n)],
+                             batch_size=1000)
+    assert client.get_collection("bg").indexed_vectors_count == 0
+    assert _recall_at_10(client, "bg", x[:n], range(0, n, 400)) == 1.0  # exact until indexed
+
+    indexing_dir = os.path.join(store_path, "collections", "bg", "shard.indexing")
+    _wait_for_dir(indexing_dir)
+    # while it is being indexed: the service answers, and takes writes by id
+    assert client.count("bg").count == n
+    client.upsert("bg", points=[qm.PointStruct(id=i, vector=x[i].tolist(), payload={"i": i}) for i in range(n, n + 500)])
+    client.delete("bg", points_selector=qm.PointIdsList(points=list(range(100))))
+    client.set_payload("bg", payload={"late": True}, points=[200, 201])
+    (done,) = _wait_rebuilds(store_path, "bg", 1)
+    assert int(re.search(r"(\d+) written meanwhile replayed", done).group(1)) == 500 + 100 + 2  # the ids above
+    info = client.get_collection("bg")
+    assert info.points_count == n + 400
+    # the copy is indexed; what was replayed (below the threshold) stays a
+    # small plain segment, searched exactly, as on a server
+    assert info.indexed_vectors_count >= n - 100
+    assert not os.path.isdir(indexing_dir)
+    assert client.retrieve("bg", [5, 200, n + 499], with_payload=True)[0].id == 200
+    assert client.retrieve("bg", [200])[0].payload == {"i": 200, "late": True}
+    present = np.arange(100, n + 500)
+    assert _recall_at_10(client, "bg", x, range(500, n + 500, 400), present) >= 0.98
+    assert _recall_at_10(client, "bg", x, range(500, n + 500, 400), present,
+                         search_params=qm.SearchParams(exact=True)) == 1.0
+    assert "replayed" in _service_log(store_path)
+
+    # a write by filter during a rebuild: that rebuild is dropped, the next one takes it
+    client.upsert("bg", points=[qm.PointStruct(id=i, vector=x[i].tolist(), payload={"i": i}) for i in range(1000)])
+    _wait_for_dir(indexing_dir)
+    client.delete("bg", points_selector=qm.FilterSelector(filter=qm.Filter(must=[
+        qm.FieldCondition(key="i", range=qm.Range(lt=50))])))
+    _wait_rebuilds(store_path, "bg", 2)
+    assert client.count("bg").count == client.get_collection("bg").indexed_vectors_count == n + 450
+    assert client.retrieve("bg", [10, 60])[0].id == 60
+    assert "written by filter (or deleted) while being indexed" in _service_log(store_path)
+
+
+def test_quantization_is_built_with_the_index_and_queries_rescore(dataset_factory, store_path):
+    """``quantization_config`` and ``on_disk`` reach the engine; after
+    ``optimize()`` the quantized index answers with the exact top 10
+    (rescored, oversampled: QUANTIZED_SEARCH_DEFAULTS), and the collection
+    reports its quantization as a server does."""
+    from fiftyone_qdrant.similarity import QUANTIZED_SEARCH_DEFAULTS
+
+    n, d = 3000, 64
+    x = _clustered(n, d, seed=5)
+    dataset = dataset_factory(n)
+    ids = dataset.values("id")
+    index = fob.compute_similarity(
+        dataset, embeddings=x, backend="qdrant", brain_key="int8", path=store_path, on_disk=True,
+        quantization_config={"scalar": {"type": "int8", "always_ram": True}},
+        optimizers_config={"indexing_threshold": 10},
+    )
+    index.optimize()
+    info = index.client.get_collection(index.collection_name)
+    assert info.indexed_vectors_count == n
+    assert info.config.quantization_config.scalar.type == qm.ScalarType.INT8
+    assert info.config.params.vectors.on_disk is True
+    assert dataset.get_brain_info("int8").config.quantization_config == {"scalar": {"type": "int8", "always_ram": True}}
+    assert index._search_params() == {"quantization": QUANTIZED_SEARCH_DEFAULTS}
+    found = []
+    for q in range(0, n, 150):
+        got = dataset.sort_by_similarity(ids[q], k=10, brain_key="int8").values("id")
+        found.append(len(set(got) & set(exact_top_k(ids, x, x[q], "cosine", k=10)[0])) / 10)
+    assert np.mean(found) >= 0.98
+    # the quantized scores alone (no rescoring) are worse: quantization is in use
+    plain = _recall_at_10(index.client, index.collection_name, x, range(0, n, 150),
+                          search_params=qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=False)))
+    assert plain < np.mean(found)
+
+
+@pytest.mark.parametrize("config,named", [
+    ({"scalar": {}}, "needs 'type'"),
+    ({"scalar": {"type": "int4"}}, "must be one of ['int8']"),
+    ({"scalar": {"type": "int8", "quantile": 0.1}}, "quantile"),
+    ({"product": {"compression": "x3"}}, "compression"),
+    ({"scalar": {"type": "int8"}, "binary": {}}, "exactly one of"),
+    ({"turbo": {}}, "Unknown key"),
+    ("int8", "must be a dict"),
+])
+def test_bad_quantization_configs_are_refused_before_anything_is_written(dataset_factory, store_path, config, named):
+    dataset = dataset_factory(5)
+    with pytest.raises(foq_errors.ConfigError, match=re.escape(named)):
+        fob.compute_similarity(dataset, embeddings=random_embeddings(5, 4), backend="qdrant", brain_key="b",
+                               path=store_path, quantization_config=config)
+    with pytest.raises(foq_errors.ConfigError, match="on_disk"):
+        fob.compute_similarity(dataset, embeddings=random_embeddings(5, 4), backend="qdrant", brain_key="b",
+                               path=store_path, on_disk="yes")
+    assert dataset.list_brain_runs() == []
+
+
+def test_a_rebuild_cut_off_by_a_crash_leaves_the_live_shard(store_path):
+    """What a crash mid-swap leaves (the live shard renamed away, the copy
+    half indexed) is put back in order when the collection is next opened."""
+    store = ServerStore.local(store_path)
+    store.create_collection("c", CollectionSpec(dimension=4), {})
+    store.client.upsert("c", points=[qm.PointStruct(id=i, vector=[1.0, i, 0.0, 0.0]) for i in range(10)])
+    local.stop_service(store_path)
+    directory = os.path.join(store_path, "collections", "c")
+    os.rename(os.path.join(directory, "shard"), os.path.join(directory, "shard.retired"))
+    os.makedirs(os.path.join(directory, "shard.indexing", "segments"))
+    store = ServerStore.local(store_path)
+    assert store.client.count("c").count == 10
+    assert sorted(os.listdir(directory)) == ["collection.json", "shard"]
 
 
 # -- the service's life ---------------------------------------------------------
