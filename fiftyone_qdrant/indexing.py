@@ -140,11 +140,13 @@ class Indexer(threading.Thread):
     a time, those past their indexing threshold once writes pause; runs an
     explicit request (``optimize()``) at once."""
 
-    def __init__(self, store, edge_config, threshold_kb, quiet_s: Optional[float] = None, poll_s: float = 0.5):
+    def __init__(self, store, edge_config, threshold_kb, check_space, quiet_s: Optional[float] = None,
+                 poll_s: float = 0.5):
         super().__init__(name="qdrant-local-indexer", daemon=True)
         self.store = store
         self.edge_config = edge_config  # description -> qe.EdgeConfig
         self.threshold_kb = threshold_kb  # description -> int
+        self.check_space = check_space  # bytes about to be written -> raises when the disk cannot take them
         self.quiet_s = float(os.environ.get(QUIET_S_ENV) or DEFAULT_QUIET_S) if quiet_s is None else quiet_s
         self.poll_s = poll_s
         self.busy = False
@@ -244,7 +246,12 @@ class Indexer(threading.Thread):
                 description = dict(c.description)
                 c.tracker = Tracker()
                 pending = c.pending_vectors
-                fields = dict(c.shard.info().payload_schema)
+                info = c.shard.info()
+                fields = dict(info.payload_schema)
+            # the copy needs about the collection's size again (a full disk
+            # must stop it before the engine's memory maps hit it)
+            self.check_space(info.points_count * (sum(4 * int(v["size"]) for v in description["vectors"].values())
+                                                  + 256))
             new = qe.EdgeShard.create(work, self.edge_config(description))
             try:
                 for field, info in fields.items():

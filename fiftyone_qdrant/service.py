@@ -1261,7 +1261,8 @@ class Service:
         self._last_request = time.monotonic()
         self._stopping = threading.Event()
         self.server: Optional[grpc.Server] = None
-        self.indexer = indexing.Indexer(self.store, edge_config, indexing_threshold_kb)
+        self.indexer = indexing.Indexer(self.store, edge_config, indexing_threshold_kb,
+                                        functools.partial(check_free_space, root))
 
     def touch(self) -> None:
         self._last_request = time.monotonic()
