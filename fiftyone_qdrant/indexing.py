@@ -21,6 +21,7 @@ any step leaves the live shard authoritative (see :func:`recover`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -53,6 +54,11 @@ def recover(directory: str) -> None:
         shutil.rmtree(os.path.join(directory, leftover), ignore_errors=True)
 
 
+def vector_bytes(description: Dict) -> int:
+    """Bytes of one point's dense vectors (float32), as collection.json describes them."""
+    return sum(4 * int(v["size"]) for v in description["vectors"].values())
+
+
 def needs_index(c, threshold_kb: int) -> bool:
     """Qdrant's rule: a collection with more unindexed vectors than its
     indexing threshold (in KB of vectors) gets an index; 0 turns it off.
@@ -65,8 +71,7 @@ def needs_index(c, threshold_kb: int) -> bool:
     info = c.shard.info()
     dense = len(description["vectors"])
     unindexed = max(info.points_count * dense - info.indexed_vectors_count, c.pending_vectors * dense)
-    bytes_per_point = sum(4 * int(v["size"]) for v in description["vectors"].values())
-    return unindexed > 0 and unindexed * bytes_per_point / dense >= threshold_kb * 1024
+    return unindexed > 0 and unindexed * vector_bytes(description) / dense >= threshold_kb * 1024
 
 
 class Tracker:
@@ -84,16 +89,26 @@ class Tracker:
             self.ids.update(ids)
 
 
-def _unwrap_default(vector):
-    if isinstance(vector, dict) and list(vector) == [""]:
-        return vector[""]
-    return vector
+def _upsert_records(target: qe.EdgeShard, records) -> None:
+    """Records read from a shard, written as they are into ``target``."""
+    def vector(record):  # an unnamed vector comes back as {"": [...]}
+        v = record.vector
+        return v[""] if isinstance(v, dict) and list(v) == [""] else v
+
+    target.update(qe.UpdateOperation.upsert_points([qe.Point(r.id, vector(r), r.payload or {}) for r in records]))
+
+
+def copy_field_indexes(payload_schema: Dict, target: qe.EdgeShard) -> None:
+    """The payload indexes of a shard (its ``info().payload_schema``), on ``target``."""
+    for field, info in payload_schema.items():
+        target.update(qe.UpdateOperation.create_field_index(field, info.data_type))
 
 
 def copy_points(source: qe.EdgeShard, target: qe.EdgeShard, ids=None, lock=None) -> int:
-    """Copies every point (or those of ``ids``) with vectors and payload;
-    ``lock`` (a ReadWriteLock) is held for reading per page only."""
-    hold = (lambda: lock.hold("r")) if lock is not None else _no_lock
+    """Copies every point (or those of ``ids``, deleting from ``target``
+    the ones ``source`` lacks) with vectors and payload; returns how many
+    were copied. ``lock`` (a ReadWriteLock) is held for reading per page only."""
+    hold = (lambda: lock.hold("r")) if lock is not None else contextlib.nullcontext
     copied = 0
     if ids is not None:
         ids = list(ids)
@@ -103,8 +118,7 @@ def copy_points(source: qe.EdgeShard, target: qe.EdgeShard, ids=None, lock=None)
                 records = source.retrieve(page, with_payload=True, with_vector=True)
             found = {r.id for r in records}
             if records:
-                target.update(qe.UpdateOperation.upsert_points(
-                    [qe.Point(r.id, _unwrap_default(r.vector), r.payload or {}) for r in records]))
+                _upsert_records(target, records)
             gone = [i for i in page if i not in found]
             if gone:
                 target.update(qe.UpdateOperation.delete_points(gone))
@@ -116,23 +130,10 @@ def copy_points(source: qe.EdgeShard, target: qe.EdgeShard, ids=None, lock=None)
             records, offset = source.scroll(
                 qe.ScrollRequest(offset=offset, limit=COPY_PAGE, with_payload=True, with_vector=True))
         if records:
-            target.update(qe.UpdateOperation.upsert_points(
-                [qe.Point(r.id, _unwrap_default(r.vector), r.payload or {}) for r in records]))
+            _upsert_records(target, records)
             copied += len(records)
         if offset is None:
             return copied
-
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _no_lock():
-    return _NoLock()
 
 
 class Indexer(threading.Thread):
@@ -250,12 +251,10 @@ class Indexer(threading.Thread):
                 fields = dict(info.payload_schema)
             # the copy needs about the collection's size again (a full disk
             # must stop it before the engine's memory maps hit it)
-            self.check_space(info.points_count * (sum(4 * int(v["size"]) for v in description["vectors"].values())
-                                                  + 256))
+            self.check_space(info.points_count * (vector_bytes(description) + 256))
             new = qe.EdgeShard.create(work, self.edge_config(description))
             try:
-                for field, info in fields.items():
-                    new.update(qe.UpdateOperation.create_field_index(field, info.data_type))
+                copy_field_indexes(fields, new)
                 copied = copy_points(c.shard, new, lock=c.lock)
                 new.flush()
             finally:

@@ -268,8 +268,7 @@ def load_model_from_spec(spec: Mapping[str, Any], device: Union[str, torch.devic
     model = _build_model_from_spec(spec, device)
     with _MODEL_CACHE_LOCK:
         _MODEL_CACHE_STATS["loads"] += 1
-    if MODEL_CACHE_SIZE > 0:
-        with _MODEL_CACHE_LOCK:
+        if MODEL_CACHE_SIZE > 0:
             _MODEL_CACHE[key] = model
             while len(_MODEL_CACHE) > MODEL_CACHE_SIZE:
                 _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))

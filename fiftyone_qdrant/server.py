@@ -49,7 +49,7 @@ DISTANCES = {
 _METRICS_BY_DISTANCE = {v: k for k, v in DISTANCES.items()}
 
 
-def _quantization_model(config: Optional[Dict[str, Any]]):
+def quantization_model(config: Optional[Dict[str, Any]]):
     """qdrant-client's model of a ``quantization_config`` dict (one of
     scalar, product, binary), as CollectionSpec holds it."""
     if not config:
@@ -283,7 +283,7 @@ class ServerStore(VectorStore):
             hnsw_config=qm.HnswConfigDiff(**spec.hnsw_config) if spec.hnsw_config else None,
             optimizers_config=qm.OptimizersConfigDiff(**spec.optimizers_config) if spec.optimizers_config else None,
             wal_config=qm.WalConfigDiff(**spec.wal_config) if spec.wal_config else None,
-            quantization_config=_quantization_model(spec.quantization_config),
+            quantization_config=quantization_model(spec.quantization_config),
             on_disk_payload=spec.on_disk_payload,
             metadata=metadata,
         )

@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -422,18 +422,8 @@ class Store:
         logger.info("Migrating %s to a shard with a write-ahead log", self.location(name))
         old = qe.EdgeShard.load(old_dir)
         new = qe.EdgeShard.create(new_dir, edge_config(description))
-        for field, info in old.info().payload_schema.items():
-            new.update(qe.UpdateOperation.create_field_index(field, info.data_type))
-        offset, copied = None, 0
-        while True:
-            records, offset = old.scroll(qe.ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=True))
-            if records:
-                new.update(qe.UpdateOperation.upsert_points(
-                    [qe.Point(r.id, _unwrap_default(r.vector), r.payload or {}) for r in records]
-                ))
-                copied += len(records)
-            if offset is None:
-                break
+        indexing.copy_field_indexes(old.info().payload_schema, new)
+        copied = indexing.copy_points(old, new)
         new.flush()
         new.close()
         old.close()
@@ -494,12 +484,6 @@ class Store:
                 except Exception as e:
                     logger.warning("Closing %s: %s", self.location(collection.name), e)
             self._open.clear()
-
-
-def _unwrap_default(vector):
-    if isinstance(vector, dict) and list(vector) == [""]:
-        return vector[""]
-    return vector
 
 
 # -- protobuf <-> engine ---------------------------------------------------------
@@ -933,25 +917,6 @@ def _touched(selector: pb.PointsSelector) -> Optional[list]:
     return None
 
 
-def _batch_touched(operations) -> Optional[list]:
-    ids: list = []
-    for operation in operations:
-        kind = operation.WhichOneof("operation")
-        message = getattr(operation, kind)
-        if kind in ("upsert", "update_vectors"):
-            found = _point_ids(message.points)
-        elif kind in ("delete_points", "clear_payload"):
-            found = _touched(message.points)
-        elif kind in ("delete_deprecated", "clear_payload_deprecated"):
-            found = _touched(message)
-        else:  # set/overwrite/delete payload, delete vectors
-            found = _touched(message.points_selector)
-        if found is None:
-            return None
-        ids.extend(found)
-    return ids
-
-
 class PointsServicer(_Servicer, pb.PointsServicer):
     def _update(self, name: str, operation, request_bytes: int = 0, touched: Callable = lambda: None,
                 new_vectors: int = 0):
@@ -1030,24 +995,30 @@ class PointsServicer(_Servicer, pb.PointsServicer):
         return (qe.UpdateOperation.delete_vectors(selected, names) if kind == "ids"
                 else qe.UpdateOperation.delete_vectors_by_filter(selected, names))
 
-    def _batch_ops(self, operation: pb.PointsUpdateOperation) -> List[Any]:
+    def _batch_ops(self, operation: pb.PointsUpdateOperation) -> Tuple[List[Any], Optional[list], int]:
+        """One operation of an UpdateBatch: its engine operations, the ids it
+        writes (None: by filter) and how many vectors it writes, as
+        ``_update_all`` takes them."""
         kind = operation.WhichOneof("operation")
         message = getattr(operation, kind) if kind else None
         if kind == "upsert":
-            return self._upsert_ops(message)
+            return self._upsert_ops(message), _point_ids(message.points), len(message.points)
         if kind in ("delete_points", "clear_payload"):
             selector = message.points
-            return [self._delete_op(selector) if kind == "delete_points" else self._clear_payload_op(selector)]
+            op = self._delete_op(selector) if kind == "delete_points" else self._clear_payload_op(selector)
+            return [op], _touched(selector), 0
         if kind in ("delete_deprecated", "clear_payload_deprecated"):
-            return [self._delete_op(message) if kind == "delete_deprecated" else self._clear_payload_op(message)]
+            op = self._delete_op(message) if kind == "delete_deprecated" else self._clear_payload_op(message)
+            return [op], _touched(message), 0
         if kind in ("set_payload", "overwrite_payload"):
-            return [self._payload_op(message, overwrite=kind == "overwrite_payload")]
+            return [self._payload_op(message, overwrite=kind == "overwrite_payload")], \
+                _touched(message.points_selector), 0
         if kind == "delete_payload":
-            return [self._delete_payload_op(message)]
+            return [self._delete_payload_op(message)], _touched(message.points_selector), 0
         if kind == "update_vectors":
-            return [self._update_vectors_op(message)]
+            return [self._update_vectors_op(message)], _point_ids(message.points), len(message.points)
         if kind == "delete_vectors":
-            return [self._delete_vectors_op(message)]
+            return [self._delete_vectors_op(message)], _touched(message.points_selector), 0
         raise unimplemented("Points.UpdateBatch operation %r" % kind)
 
     @_rpc
@@ -1093,12 +1064,14 @@ class PointsServicer(_Servicer, pb.PointsServicer):
     @_rpc
     def UpdateBatch(self, request, context):
         """The operations in order; each is acknowledged once applied."""
-        ops_per_operation = [self._batch_ops(o) for o in request.operations]  # all checked before any is applied
-        new_vectors = sum(len(getattr(o, o.WhichOneof("operation")).points) for o in request.operations
-                          if o.WhichOneof("operation") in ("upsert", "update_vectors"))
-        self._update_all(request.collection_name, [op for ops in ops_per_operation for op in ops], request.ByteSize(),
-                         lambda: _batch_touched(request.operations), new_vectors)
-        return pb.UpdateBatchResponse(result=[pb.UpdateResult(status=pb.UpdateStatus.Completed) for _ in ops_per_operation])
+        planned = [self._batch_ops(o) for o in request.operations]  # all checked before any is applied
+        touched = [ids for _, ids, _ in planned]
+        self._update_all(
+            request.collection_name, [op for ops, _, _ in planned for op in ops], request.ByteSize(),
+            lambda: None if any(ids is None for ids in touched) else [i for ids in touched for i in ids],
+            sum(count for _, _, count in planned),
+        )
+        return pb.UpdateBatchResponse(result=[pb.UpdateResult(status=pb.UpdateStatus.Completed) for _ in planned])
 
     @_rpc
     def CreateFieldIndex(self, request, context):
