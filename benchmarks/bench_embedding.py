@@ -28,7 +28,7 @@ import time
 from typing import Callable, List, Optional
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [_REPO_ROOT, os.path.join(_REPO_ROOT, "tests")]
+sys.path[:0] = [_REPO_ROOT, os.path.join(_REPO_ROOT, "tests", "integration")]
 
 from scratch import make_scratch_dir, start_private_mongod  # noqa: E402
 

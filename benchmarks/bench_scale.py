@@ -47,7 +47,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 from scratch import make_scratch_dir, start_private_mongod  # noqa: E402
 
 # FiftyOne reads these at import time
@@ -306,7 +306,7 @@ def bench_size(n, args, sampler):
     import qdrant_edge as qe
     from fiftyone import ViewField as F
 
-    from fiftyone_qdrant import ids as idmap
+    from fiftyone_qdrant import points as idmap
 
     out = {"n": n, "dim": DIM, "k": K}
     phases = {}

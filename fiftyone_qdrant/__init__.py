@@ -1,16 +1,16 @@
 """fiftyone-qdrant: a Qdrant similarity backend for the FiftyOne brain.
 
 Once installed, ``fob.compute_similarity(dataset, backend="qdrant", ...)``
-uses this package in every process (see :mod:`fiftyone_qdrant._bootstrap`,
+uses this package in every process (see :mod:`fiftyone_qdrant.integration`,
 which the installed ``.pth`` file imports at start-up). This module
 therefore stays import-free: its public names load on first use.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
-    "attach_index": "records",
-    "list_indexes": "records",
+    "attach_index": "catalog",
+    "list_indexes": "catalog",
     "migrate_builtin_runs": "migration",
     "load_model": "models",
     "QdrantBackendError": "errors",
@@ -39,4 +39,4 @@ def __getattr__(name):
         raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
 
 
-from . import _bootstrap  # noqa: E402,F401  (idempotent)
+from . import integration  # noqa: E402,F401  (idempotent)

@@ -191,7 +191,7 @@ def _add_list_command(subparsers) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from .records import list_indexes
+    from .catalog import list_indexes
 
     indexes = list_indexes(**_connection(args))
     if args.json:
@@ -239,6 +239,33 @@ def _run_service(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_status_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="show which FiftyOne integrations of this package are active, and why",
+        description="fiftyone-qdrant changes FiftyOne in four places (see fiftyone_qdrant.integration): "
+                    "backend registration, built-in class aliasing, App plugin discovery and the "
+                    "prompt-warning filter. This imports the FiftyOne modules they apply to, as the App "
+                    "server does, and shows each one. FIFTYONE_QDRANT_DISABLE_PLUGIN=true turns all off.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from . import integration
+
+    patches = integration.status()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(p) for p in patches], indent=1))
+        return EXIT_OK
+    for patch in patches:
+        print("%-24s %-8s %s" % (patch.name, "active" if patch.active else "inactive", patch.why))
+    return EXIT_OK
+
+
 #: functions that add a subcommand; append to add one
 def _add_plugin_command(subparsers) -> None:
     from .plugin import add_cli_command
@@ -246,7 +273,9 @@ def _add_plugin_command(subparsers) -> None:
     add_cli_command(subparsers)
 
 
-COMMANDS: List[Callable] = [_add_sink_command, _add_list_command, _add_service_command, _add_plugin_command]
+COMMANDS: List[Callable] = [
+    _add_sink_command, _add_list_command, _add_service_command, _add_plugin_command, _add_status_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,35 +17,10 @@ from typing import Dict, Optional, Tuple
 
 from .engine import VectorStore
 from .errors import ConfigError
+from .redaction import safe_url
 
 _stores: Dict[Tuple, VectorStore] = {}
 _stores_lock = threading.Lock()
-
-
-def url_password(url: Optional[str]) -> Optional[str]:
-    """The password inside a URL (``http://user:secret@host``), a secret
-    like the API key."""
-    if not url:
-        return None
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def redact(text: str, *secrets: Optional[str]) -> str:
-    """``text`` with every secret (API key, URL password) replaced by ***."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def safe_url(url: str) -> str:
-    """The URL as it may be shown: its password replaced by ***."""
-    return redact(url, url_password(url))
 
 
 def default_store_path() -> str:
@@ -117,7 +92,7 @@ class ConnectionSettings:
 
     def connect(self) -> VectorStore:
         """A new store of the caller's own, which the caller closes."""
-        from .server import ServerStore
+        from .server import ServerStore  # imports qdrant-client (~1 s): only to connect
 
         if self.is_embedded:
             return ServerStore.local(self.store_path)
@@ -130,25 +105,6 @@ class ConnectionSettings:
             https=self.https,
             timeout=self.timeout,
         )
-
-
-def resolve_settings(path_means_embedded: bool = True, **given) -> ConnectionSettings:
-    """Settings from ``given`` (``None`` values ignored), the rest from the
-    brain config (environment, brain_config.json) as a brain run gets them.
-
-    For tools (sink, listing, App operators), a ``path`` given without a
-    ``url`` names an embedded store: a URL in the brain config does not
-    redirect it to a server (and FiftyOne, slow to import, is then not
-    needed). ``path_means_embedded=False`` resolves exactly as
-    ``compute_similarity()`` does, where a configured URL wins."""
-    given = {k: v for k, v in given.items() if v is not None}
-    if path_means_embedded and given.get("path") and not given.get("url"):
-        return ConnectionSettings(path=given["path"])
-    from .similarity import QdrantSimilarityConfig
-
-    config = QdrantSimilarityConfig(**given)
-    config.load_credentials()
-    return config.connection_settings()
 
 
 def close_all() -> None:

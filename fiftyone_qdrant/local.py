@@ -31,12 +31,6 @@ SPAWN_LOCK = "spawn.lock"
 LOG_FILE = "service.log"
 START_TIMEOUT_S = 60.0
 
-# Extension headers of the local service (see fiftyone_qdrant.service);
-# servers and other clients ignore them
-REVISION_HEADER = "fiftyone-qdrant-revision"
-SNAPSHOT_BEGIN_HEADER = "fiftyone-qdrant-snapshot-begin"
-SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
-
 # root -> (descriptor holding the shared lock, number of open stores)
 _client_locks: Dict[str, list] = {}
 _lock = threading.Lock()

@@ -50,7 +50,6 @@ import itertools
 import json
 import logging
 import os
-import sys
 import threading
 import time
 import urllib.error
@@ -69,6 +68,8 @@ import fiftyone.core.validation as fov
 import fiftyone.utils.open_clip as fouoc
 import fiftyone.utils.patches as foup
 import fiftyone.utils.torch as fout
+
+from .batches import EmbeddingBatch, EmbeddingFailure, format_failures
 
 logger = logging.getLogger(__name__)
 
@@ -117,33 +118,6 @@ class ResolvedModel:
     @property
     def device(self) -> torch.device:
         return _model_device(self.model)
-
-
-@dataclasses.dataclass
-class EmbeddingBatch:
-    """Embeddings of one batch, row-aligned with their ids.
-
-    ``label_ids`` is ``None`` for whole images and holds the patch label ids
-    when a ``patches_field`` is embedded (then ``sample_ids`` repeats the id
-    of each patch's sample).
-    """
-
-    embeddings: np.ndarray
-    sample_ids: List[str]
-    label_ids: Optional[List[str]] = None
-
-    def __len__(self) -> int:
-        return len(self.sample_ids)
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddingFailure:
-    """An image (or patch) that could not be embedded, and why."""
-
-    sample_id: str
-    filepath: str
-    label_id: Optional[str]
-    error: str
 
 
 # -- resolving models ---------------------------------------------------------
@@ -332,32 +306,6 @@ def model_spec_of(model: ModelLike) -> Optional[ModelSpec]:
     return getattr(model, SPEC_ATTRIBUTE, None)
 
 
-class _ReloadableModelWarningFilter(logging.Filter):
-    """Drops fiftyone-brain's warning that an index built from a model
-    *instance* "will not support prompt queries in the App or in future
-    Python sessions" when that is untrue: the instance was built here, so
-    the Qdrant backend stores its spec and any process reloads it. Kept for
-    every other model and backend."""
-
-    MESSAGE = "This index will not support prompt queries"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.MESSAGE):
-            return True
-        from .similarity import compute_similarity_args
-
-        args = compute_similarity_args(sys._getframe(1), max_hops=None)
-        if args is None:
-            return True
-        backend = args.get("backend")
-        if backend is None:
-            import fiftyone.brain as fb
-
-            backend = fb.brain_config.default_similarity_backend
-        return not (backend == "qdrant" and model_spec_of(args.get("_model")) is not None)
-
-
-logging.getLogger("fiftyone.brain.similarity").addFilter(_ReloadableModelWarningFilter())
 
 
 def supports_prompts(model: ModelLike) -> bool:
@@ -1081,19 +1029,6 @@ def iter_embedding_batches(
         skip_ids=skip_ids, progress=progress, failures=failures, half_precision=half_precision,
         skip_failures=skip_failures,
     )
-
-
-def format_failures(failures: Sequence[EmbeddingFailure], max_listed: int = 20) -> str:
-    """A one-message summary of failures, listing at most ``max_listed``."""
-    if not failures:
-        return "No failures"
-    lines = ["%d image(s)/patch(es) could not be embedded:" % len(failures)]
-    for failure in failures[:max_listed]:
-        what = failure.sample_id if failure.label_id is None else "%s (label %s)" % (failure.sample_id, failure.label_id)
-        lines.append("  %s %s: %s" % (what, failure.filepath, failure.error))
-    if len(failures) > max_listed:
-        lines.append("  ... and %d more" % (len(failures) - max_listed))
-    return "\n".join(lines)
 
 
 _LIST_ATTRIBUTES = {fol.Detections: "detections", fol.Polylines: "polylines", fol.Keypoints: "keypoints"}

@@ -11,12 +11,12 @@ collection metadata, from where :func:`list_indexes` finds it and
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-from .connection import resolve_settings
 from .engine import VectorStore
-from .errors import CollectionNotFoundError, QdrantBackendError
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ def public_config(config) -> Dict[str, Any]:
 
 
 def make_record(index, dimension: Optional[int]) -> Dict[str, Any]:
-    from . import __version__
-
     dataset = index._samples._root_dataset
     config = index.config
     return {
@@ -118,57 +116,30 @@ def saved_results(run_doc) -> Dict[str, Any]:
     return json_util.loads(run_doc.results.read().decode())
 
 
-def list_indexes(**connection) -> List[Dict[str, Any]]:
-    """Every collection in a Qdrant store with its size and the FiftyOne run
-    records stored with it.
+def _slug(text: str) -> str:
+    import fiftyone.core.utils as fou
 
-    Args:
-        **connection: ``path`` for an embedded store (default
-            ``~/.fiftyone/qdrant``) or ``url``/``api_key``/... for a server;
-            unset values come from the brain config / environment, except
-            that a ``path`` without a ``url`` always names an embedded store
-    """
-    store = resolve_settings(**connection).open()
-    out = []
-    for name in store.list_collections():
-        try:
-            metadata = store.get_metadata(name)
-            size = store.count(name)
-        except QdrantBackendError as e:
-            logger.warning("Skipping collection '%s': %s", name, e)
-            continue
-        out.append({"collection_name": name, "size": size, "runs": list((metadata.get(RUNS_KEY) or {}).values())})
-    return out
+    try:
+        return fou.to_slug(text)
+    except ValueError:  # nothing slug-friendly in it ("ключ", "_"), or too long
+        return ""
 
 
-def attach_index(dataset, collection_name: str, brain_key: Optional[str] = None, **connection):
-    """Re-attaches an existing collection to ``dataset`` as a brain run,
-    using the run record stored with the collection (never modifies the
-    vectors). Returns the :class:`QdrantSimilarityIndex`."""
-    import fiftyone.brain as fob
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
-    from .engine import validate_collection_name
 
-    validate_collection_name(collection_name)  # before any request names it
-    # where compute_similarity() below will look, configured URL included
-    store = resolve_settings(path_means_embedded=False, **connection).open()
-    if not store.collection_exists(collection_name):
-        raise CollectionNotFoundError(
-            "Qdrant collection '%s' does not exist in the %s; see list_indexes()" % (collection_name, store.location)
-        )
-    runs = list((store.get_metadata(collection_name).get(RUNS_KEY) or {}).values())
-    record = next((r for r in runs if r.get("dataset_name") == dataset.name), None) or (runs[0] if runs else None)
-    kwargs: Dict[str, Any] = {}
-    if record is not None:
-        stored = record.get("config") or {}
-        for key in ("metric", "patches_field", "roi_field", "embeddings_field", "model_spec",
-                    "vector_name", "search_params"):
-            if stored.get(key) is not None:
-                kwargs[key] = stored[key]
-        brain_key = brain_key or record.get("brain_key")
-    if brain_key is None:
-        raise QdrantBackendError("No run record in collection '%s': pass brain_key=" % collection_name)
-    kwargs.update({k: v for k, v in connection.items() if v is not None})
-    return fob.compute_similarity(
-        dataset, backend="qdrant", embeddings=False, collection_name=collection_name, brain_key=brain_key, **kwargs
-    )
+def default_collection_name(store: VectorStore, dataset_name: str, key: Optional[str]) -> str:
+    """``fiftyone-<dataset>-<brain key>`` as slugs (a digest for a name with
+    no slug-friendly character), suffixed ``-2``, ``-3``... past collections
+    that exist: a collection left by a renamed or deleted run keeps its
+    vectors, and a new run never writes into it."""
+    root = "fiftyone-" + (_slug(dataset_name) or "dataset-" + _digest(dataset_name))
+    if key:
+        root += "-" + (_slug(key) or "key-" + _digest(key))
+    root = root[:200]
+    name, suffix = root, 1
+    while store.collection_exists(name):
+        suffix += 1
+        name = "%s-%d" % (root, suffix)
+    return name

@@ -27,8 +27,7 @@ from qdrant_client.conversions.conversion import grpc_to_payload
 
 from .engine import CollectionSpec, Hit, IdRestriction, PointRecord, VectorStore, iter_pages
 from .errors import CollectionNotFoundError, ConfigError, ConnectionFailedError, QdrantBackendError
-from .local import REVISION_HEADER, SNAPSHOT_BEGIN_HEADER, SNAPSHOT_END_HEADER
-from .wire import encode_upsert
+from .wire import REVISION_HEADER, SNAPSHOT_BEGIN_HEADER, SNAPSHOT_END_HEADER, encode_upsert
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class ServerStore(VectorStore):
         https: Optional[bool] = None,
         timeout: Optional[float] = None,
     ):
-        from .connection import safe_url, url_password
+        from .redaction import safe_url, url_password
 
         self.location = "Qdrant server at '%s'" % safe_url(url)
         if prefer_grpc:
@@ -217,7 +216,7 @@ class ServerStore(VectorStore):
 
     def redact(self, text: str) -> str:
         """``text`` without this store's secrets (API key, URL password)."""
-        from .connection import redact
+        from .redaction import redact
 
         return redact(text, self._api_key, self._url_password)
 
@@ -669,7 +668,7 @@ def _grpc_filter(restriction: Optional[IdRestriction]) -> Optional[pb.Filter]:
 
 
 def _safe(error: Exception, *secrets: Optional[str]) -> str:
-    from .connection import redact
+    from .redaction import redact
 
     return redact("%s: %s" % (type(error).__name__, error), *secrets)
 

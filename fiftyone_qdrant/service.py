@@ -48,16 +48,8 @@ from qdrant_client import grpc as pb
 from qdrant_client.conversions.conversion import grpc_to_payload, payload_to_grpc, value_to_json
 
 from . import indexing
-from .local import (
-    CLIENTS_LOCK,
-    LOG_FILE,
-    REVISION_HEADER,
-    SERVICE_FILE,
-    SERVICE_LOCK,
-    SNAPSHOT_BEGIN_HEADER,
-    SNAPSHOT_END_HEADER,
-    can_lock,
-)
+from .local import CLIENTS_LOCK, LOG_FILE, SERVICE_FILE, SERVICE_LOCK, can_lock
+from .wire import REVISION_HEADER, SNAPSHOT_BEGIN_HEADER, SNAPSHOT_END_HEADER
 
 logger = logging.getLogger("fiftyone_qdrant.service")
 

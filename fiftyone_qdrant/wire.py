@@ -9,7 +9,8 @@ float32). The result is parsed back into the generated message (in C,
 call on the wire is the one qdrant-client makes.
 
 Field numbers are those of Qdrant's ``points.proto`` (checked against the
-generated descriptors by the tests).
+generated descriptors by the tests). The extension headers our local
+service adds to Qdrant's API are named here too, for both ends.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ import struct
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+# Extension headers of the local service (see fiftyone_qdrant.service);
+# servers and other clients ignore them
+REVISION_HEADER = "fiftyone-qdrant-revision"
+SNAPSHOT_BEGIN_HEADER = "fiftyone-qdrant-snapshot-begin"
+SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
 
 # (field number << 3) | wire type; 2 = length-delimited, 0 = varint, 1 = 64-bit
 _LEN, _VARINT, _I64 = 2, 0, 1

@@ -7,7 +7,7 @@ served by fiftyone-qdrant's embedded store: build an index, query it by id,
 ids, vector and text prompt, patches, add/remove embeddings, read them back,
 clean up. Its images ship with scikit-image or are drawn on the fly; its
 CLIP model is any local open_clip checkpoint (``FIFTYONE_QDRANT_CLIP_SPEC``)
-or a tiny CLIP trained in seconds by ``tests/tiny_clip.py``: nothing is
+or a tiny CLIP trained in seconds by ``tests/integration/tiny_clip.py``: nothing is
 downloaded.
 
 Usage::
@@ -128,7 +128,7 @@ print(dataset)""", ["dataset"]),
 The guide uses the zoo's `clip-vit-base32-torch`, a download. Any open_clip checkpoint on disk works too:
 set `FIFTYONE_QDRANT_CLIP_SPEC` to e.g.
 `{"model": "open_clip:ViT-B-32", "model_kwargs": {"pretrained": "/path/to/open_clip_model.safetensors"}}`.
-Without one, this cell trains a tiny CLIP on coloured shapes (`tests/tiny_clip.py` in the repository, about
+Without one, this cell trains a tiny CLIP on coloured shapes (`tests/integration/tiny_clip.py` in the repository, about
 30 s on a laptop CPU): enough for text prompts such as *"a red circle"*.
 
 `fiftyone_qdrant.models` records how the model was built, so that the index can embed text prompts in other
@@ -140,7 +140,7 @@ spec = os.environ.get("FIFTYONE_QDRANT_CLIP_SPEC")
 if spec:
     spec = json.loads(spec)
 else:
-    sys.path.insert(0, os.path.abspath(os.path.join("..", "tests")))
+    sys.path.insert(0, os.path.abspath(os.path.join("..", "tests", "integration")))
     import tiny_clip
 
     spec = tiny_clip.ensure_tiny_clip(os.path.expanduser("~/.cache/fiftyone-qdrant/tiny-clip")).spec

@@ -14,14 +14,15 @@ inside a pip package. Two routes, both handled here:
 
 - automatic: :func:`patch_plugin_discovery` makes
   ``fiftyone.plugins.core`` also yield this directory after the user's
-  plugins. ``fiftyone_qdrant._bootstrap`` (imported by the installed
+  plugins. :mod:`fiftyone_qdrant.integration` (imported by the installed
   ``.pth`` file in every process, the App server included) applies it when
   ``fiftyone.plugins.core`` is imported. Opt out with
-  ``FIFTYONE_QDRANT_DISABLE_APP_PLUGIN=true``, or disable the plugin the
-  FiftyOne way: ``fiftyone plugins disable @fiftyone-qdrant/qdrant``.
+  ``FIFTYONE_QDRANT_DISABLE_PLUGIN=true`` (which turns off every FiftyOne
+  patch of this package), or disable the plugin the FiftyOne way:
+  ``fiftyone plugins disable @fiftyone-qdrant/qdrant``.
 - explicit: :func:`install` links (or copies) this directory into
   ``plugins_dir``, e.g. for a shared plugins directory or a FiftyOne
-  deployment where the bootstrap hook is turned off.
+  deployment where the integration hook is turned off.
 
 This module imports nothing from FiftyOne at import time, so that the
 bootstrap hook and the command line can use it cheaply; FiftyOne's plugin
@@ -35,10 +36,12 @@ import shutil
 import sys
 from typing import Optional
 
+from fiftyone_qdrant import integration
+
 PLUGIN_NAME = "@fiftyone-qdrant/qdrant"
-PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
-METADATA_PATH = os.path.join(PLUGIN_DIR, "fiftyone.yml")
-DISABLE_ENV_VAR = "FIFTYONE_QDRANT_DISABLE_APP_PLUGIN"
+# discovery is a FiftyOne patch: it lives with the others, in fiftyone_qdrant.integration
+PLUGIN_DIR = integration.APP_PLUGIN_DIR
+METADATA_PATH = integration.APP_PLUGIN_METADATA
 
 # The directory name used by install(); FiftyOne identifies plugins by the
 # name in fiftyone.yml, not by directory
@@ -51,66 +54,6 @@ def register(p):
 
     for cls in operators.OPERATORS:
         p.register(cls)
-
-
-# -- discovery ---------------------------------------------------------------
-
-
-def discovery_disabled() -> bool:
-    return os.environ.get(DISABLE_ENV_VAR, "").lower() in ("1", "true", "yes")
-
-
-def patch_plugin_discovery(core_module) -> None:
-    """Makes ``fiftyone.plugins.core`` discover the packaged plugin.
-
-    ``core_module._iter_plugin_metadata_files()`` (no ``root_dir``: the
-    user's plugins directory) also yields our ``fiftyone.yml``, after the
-    user's plugins, so that a copy installed in ``plugins_dir`` shadows it.
-    ``delete_plugin()`` refuses to delete the package's own directory (it
-    would delete files of the installed package).
-
-    Idempotent; applied by ``fiftyone_qdrant._bootstrap``.
-    """
-    original_iter = core_module._iter_plugin_metadata_files
-    if getattr(original_iter, "_fiftyone_qdrant", False):
-        return
-
-    def _iter_plugin_metadata_files(root_dir=None, strict=False):
-        seen = set()
-        for path in original_iter(root_dir=root_dir, strict=strict):
-            seen.add(os.path.realpath(os.path.dirname(path)))
-            yield path
-
-        if root_dir is None and not discovery_disabled() and os.path.isfile(METADATA_PATH):
-            if os.path.realpath(PLUGIN_DIR) not in seen:
-                yield METADATA_PATH
-
-    _iter_plugin_metadata_files._fiftyone_qdrant = True
-    _iter_plugin_metadata_files.__wrapped__ = original_iter
-    _iter_plugin_metadata_files.__doc__ = original_iter.__doc__
-    core_module._iter_plugin_metadata_files = _iter_plugin_metadata_files
-
-    original_delete = core_module.delete_plugin
-
-    def delete_plugin(plugin_name):
-        plugin = core_module.get_plugin(plugin_name)
-        if os.path.realpath(plugin.directory) == os.path.realpath(PLUGIN_DIR):
-            raise ValueError(
-                "Plugin '%s' ships with the fiftyone-qdrant package; uninstall "
-                "the package, or disable the plugin with `fiftyone plugins "
-                "disable %s`" % (plugin_name, plugin_name)
-            )
-        return original_delete(plugin_name)
-
-    delete_plugin.__wrapped__ = original_delete
-    delete_plugin.__doc__ = original_delete.__doc__
-    core_module.delete_plugin = delete_plugin
-
-    # `fiftyone.plugins` re-exports delete_plugin; patch it if it was bound
-    # before this hook ran
-    package = sys.modules.get("fiftyone.plugins")
-    if package is not None and getattr(package, "delete_plugin", None) is original_delete:
-        package.delete_plugin = delete_plugin
 
 
 # -- explicit installation ----------------------------------------------------
@@ -189,8 +132,8 @@ def status() -> dict:
         "plugin": PLUGIN_NAME,
         "package_dir": PLUGIN_DIR,
         "plugins_dir": fo.config.plugins_dir,
-        "discovery_hook": bool(getattr(fopc._iter_plugin_metadata_files, "_fiftyone_qdrant", False))
-        and not discovery_disabled(),
+        "discovery_hook": bool(getattr(fopc._iter_plugin_metadata_files, integration._PATCHED, False))
+        and not integration.disabled(),
         "found_at": found[0].directory if found else None,
         "enabled": bool(found) and PLUGIN_NAME not in fop.list_disabled_plugins(),
     }

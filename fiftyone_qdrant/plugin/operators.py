@@ -36,10 +36,10 @@ a server API key comes from the plugin secret
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -49,13 +49,14 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_qdrant.connection import resolve_settings
+from fiftyone_qdrant import build, catalog, records
+from fiftyone_qdrant.batches import format_failures
+from fiftyone_qdrant.catalog import resolve_settings
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "@fiftyone-qdrant/qdrant"
 METRICS = ("cosine", "dotproduct", "euclidean", "manhattan")
-DEFAULT_BATCH_SIZE = 256
 
 _URL_SECRET = "FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL"
 _API_KEY_SECRET = "FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY"
@@ -356,61 +357,9 @@ class BuildQdrantIndex(foo.Operator):
         )
 
         if ctx.params.get("embeddings_source", "field") == "field":
-            fields = _embedding_fields(view, patches_field)
-            field_choices = types.AutocompleteView()
-            for name in fields:
-                field_choices.add_choice(name, label=name)
-            inputs.str(
-                "embeddings_field",
-                required=True,
-                label="Embeddings field",
-                description=(
-                    "The attribute of each patch that holds its embedding"
-                    if patches_field
-                    else "The sample field that holds the embeddings"
-                ),
-                view=field_choices,
-            )
-            if not fields:
-                inputs.view(
-                    "no_fields",
-                    types.Notice(
-                        label="No embeddings field found",
-                        description="Type a field name, or choose 'Model' to compute embeddings",
-                    ),
-                )
+            _embeddings_field_inputs(inputs, view, patches_field)
         else:
-            model_choices = types.AutocompleteView()
-            try:
-                import fiftyone.zoo.models as fozm
-
-                for name in fozm.list_zoo_models(tags="embeddings"):
-                    model_choices.add_choice(name, label=name)
-            except Exception:
-                pass
-            model_prop = inputs.str(
-                "model",
-                required=True,
-                label="Model",
-                description=(
-                    "A FiftyOne zoo model name, or a fiftyone_qdrant.models name such as "
-                    "'open_clip:ViT-B-32' (models that embed prompts enable text search)"
-                ),
-                view=model_choices,
-            )
-            kwargs_prop = inputs.str(
-                "model_kwargs",
-                label="Model kwargs (JSON)",
-                description='e.g. {"pretrained": "/path/to/checkpoint.pt"}',
-            )
-            # checked here, so that Execute stays disabled until the spec is valid
-            problem = model_spec_problem(ctx.params.get("model"), ctx.params.get("model_kwargs"))
-            if problem is not None:
-                field, message = problem
-                prop = kwargs_prop if field == "model_kwargs" else model_prop
-                prop.invalid = True
-                prop.error_message = message
-            inputs.int("batch_size", default=32, min=1, label="Batch size", description="Images per model batch")
+            _model_inputs(inputs, ctx)
 
         metric_choices = types.DropdownView()
         for metric in METRICS:
@@ -443,13 +392,54 @@ class BuildQdrantIndex(foo.Operator):
 
     def _build(self, ctx):
         import fiftyone.brain as fob
-        import fiftyone.brain.internal.core.utils as fbu
 
-        params = ctx.params
+        request = _BuildRequest.from_ctx(ctx)
+        yield from _progress(ctx, 0.0, "Creating the index...")
+        # a model built by fiftyone_qdrant.models records its spec, so
+        # fiftyone-brain's "will not support prompt queries" warning is dropped
+        # for it (fiftyone_qdrant.integration), and kept where it is true
+        index = fob.compute_similarity(request.view, **request.kwargs)
+        try:
+            batches = request.batches(index)
+            for step in build.iter_write(index, batches):  # the pipeline every build uses
+                yield from _progress(ctx, 0.02 + 0.96 * step.fraction, "Indexed %d of %d %s from %s" % (
+                    step.written, step.total or 0, "patches" if request.patches_field else "samples", request.what))
+            if index.total_index_size == 0:
+                raise ValueError("No embeddings were found in %s for this view" % request.what)
+            if batches.failures:
+                logger.warning("%s", format_failures(batches.failures))
+            index.save()
+        except BaseException:
+            _roll_back(ctx.dataset, request.brain_key, index)
+            raise
+
+        message = "Built Qdrant index '%s': %d vectors in collection '%s'" % (
+            request.brain_key, index.total_index_size, index.collection_name)
+        logger.info(message)
+        yield from _progress(ctx, 1.0, message)
+        yield ctx.ops.notify(message, variant="success")
+        yield ctx.ops.reload_dataset()
+
+
+@dataclasses.dataclass
+class _BuildRequest:
+    """What the build form asks for, checked before anything is created."""
+
+    brain_key: str
+    view: Any
+    patches_field: Optional[str]
+    embeddings_field: Optional[str]
+    model: Any  # a loaded model, or None for a field
+    batch_size: int
+    kwargs: Dict[str, Any]  # for compute_similarity()
+    what: str  # where the embeddings come from, for messages
+
+    @classmethod
+    def from_ctx(cls, ctx) -> "_BuildRequest":
+        params, dataset = ctx.params, ctx.dataset
         brain_key = params.get("brain_key")
         if not brain_key:
             raise ValueError("A brain key is required")
-        dataset = ctx.dataset
         if dataset.has_brain_run(brain_key):
             raise ValueError("Brain key '%s' already exists on dataset '%s'" % (brain_key, dataset.name))
 
@@ -472,71 +462,88 @@ class BuildQdrantIndex(foo.Operator):
             brain_key=brain_key,
             patches_field=patches_field,
             metric=params.get("metric") or "cosine",
-            embeddings=False,  # register the index; we add vectors below
+            embeddings=False,  # register the index; the pipeline adds the vectors
             progress=False,
             **connection_kwargs(ctx),
         )
         if params.get("collection_name"):
             kwargs["collection_name"] = params["collection_name"]
-
         model = None
         if source == "field":
             kwargs["embeddings_field"] = embeddings_field
             what = "field '%s'" % embeddings_field
         else:
-            model = _load_model(model_name, _parse_model_kwargs(params.get("model_kwargs")))
-            kwargs["model"] = model
+            model = kwargs["model"] = _load_model(model_name, _parse_model_kwargs(params.get("model_kwargs")))
             what = "model '%s'" % model_name
+        return cls(brain_key, view, patches_field, embeddings_field if source == "field" else None, model,
+                   int(params.get("batch_size") or 32), kwargs, what)
 
-        yield from _progress(ctx, 0.0, "Creating the index...")
-        # a model built by fiftyone_qdrant.models records its spec, so
-        # fiftyone-brain's "will not support prompt queries" warning is dropped
-        # for it by that module's log filter, and kept where it is true
-        index = fob.compute_similarity(view, **kwargs)
-        try:
-            if source == "model":
-                model = index.get_model()
-            ids = view.values("id")
-            batch_size = int(params.get("batch_size") or 32) if source == "model" else DEFAULT_BATCH_SIZE
-            step = max(1, min(batch_size * 4, DEFAULT_BATCH_SIZE)) if source == "model" else batch_size
-            num_batches = max(1, math.ceil(len(ids) / step))
-            added = 0
-            for i in range(num_batches):
-                batch = view.select(ids[i * step : (i + 1) * step])
-                embeddings, sample_ids, label_ids = fbu.get_embeddings(
-                    batch,
-                    model=model if source == "model" else None,
-                    patches_field=patches_field,
-                    embeddings_field=embeddings_field if source == "field" else None,
-                    batch_size=batch_size if source == "model" else None,
-                    skip_failures=True,
-                    progress=False,
-                )
-                if len(embeddings):
-                    index.add_to_index(embeddings, sample_ids, label_ids=label_ids)
-                    added += len(embeddings)
-                done = min(len(ids), (i + 1) * step)
-                yield from _progress(
-                    ctx,
-                    0.02 + 0.96 * (i + 1) / num_batches,
-                    "Indexed %d of %d samples (%d vectors) from %s" % (done, len(ids), added, what),
-                )
-            if added == 0:
-                raise ValueError("No embeddings were found in %s for this view" % what)
-            index.save()
-        except BaseException:
-            _roll_back(dataset, brain_key, index)
-            raise
+    def batches(self, index):
+        """The build's source: the model's images, or the field's values."""
+        if self.model is not None:
+            return build.model_batches(self.view, index.get_model(), patches_field=self.patches_field,
+                                       batch_size=self.batch_size, progress=False)
+        return build.FieldBatches(self.view, self.embeddings_field, patches_field=self.patches_field)
 
-        message = "Built Qdrant index '%s': %d vectors in collection '%s'" % (
-            brain_key,
-            index.total_index_size,
-            index.collection_name,
+
+def _embeddings_field_inputs(inputs: types.Object, view, patches_field: Optional[str]) -> None:
+    fields = _embedding_fields(view, patches_field)
+    field_choices = types.AutocompleteView()
+    for name in fields:
+        field_choices.add_choice(name, label=name)
+    inputs.str(
+        "embeddings_field",
+        required=True,
+        label="Embeddings field",
+        description=(
+            "The attribute of each patch that holds its embedding"
+            if patches_field
+            else "The sample field that holds the embeddings"
+        ),
+        view=field_choices,
+    )
+    if not fields:
+        inputs.view(
+            "no_fields",
+            types.Notice(
+                label="No embeddings field found",
+                description="Type a field name, or choose 'Model' to compute embeddings",
+            ),
         )
-        logger.info(message)
-        yield from _progress(ctx, 1.0, message)
-        yield ctx.ops.notify(message, variant="success")
-        yield ctx.ops.reload_dataset()
+
+
+def _model_inputs(inputs: types.Object, ctx) -> None:
+    model_choices = types.AutocompleteView()
+    try:
+        import fiftyone.zoo.models as fozm
+
+        for name in fozm.list_zoo_models(tags="embeddings"):
+            model_choices.add_choice(name, label=name)
+    except Exception:
+        pass
+    model_prop = inputs.str(
+        "model",
+        required=True,
+        label="Model",
+        description=(
+            "A FiftyOne zoo model name, or a fiftyone_qdrant.models name such as "
+            "'open_clip:ViT-B-32' (models that embed prompts enable text search)"
+        ),
+        view=model_choices,
+    )
+    kwargs_prop = inputs.str(
+        "model_kwargs",
+        label="Model kwargs (JSON)",
+        description='e.g. {"pretrained": "/path/to/checkpoint.pt"}',
+    )
+    # checked here, so that Execute stays disabled until the spec is valid
+    problem = model_spec_problem(ctx.params.get("model"), ctx.params.get("model_kwargs"))
+    if problem is not None:
+        field, message = problem
+        prop = kwargs_prop if field == "model_kwargs" else model_prop
+        prop.invalid = True
+        prop.error_message = message
+    inputs.int("batch_size", default=32, min=1, label="Batch size", description="Images per model batch")
 
 
 def _roll_back(dataset, brain_key: str, index) -> None:
@@ -714,6 +721,53 @@ def sort_by_similarity_with_distances(view, brain_key: str, query, k: Optional[i
     return shown, ids, dists
 
 
+def _query_inputs(inputs: types.Object, ctx, view, query_type: str, config: Dict[str, Any]) -> None:
+    """The form's inputs for one kind of query."""
+    if query_type == "selection":
+        ids = _selected_query_ids(ctx, view, config.get("patches_field"))
+        if ids:
+            inputs.view("selected", types.Notice(label="Query: the mean of %d selected item(s)" % len(ids)))
+        else:
+            prop = inputs.view(
+                "selected",
+                types.Warning(
+                    label="Nothing is selected",
+                    description="Select %s in the grid, or choose another query"
+                    % ("patches" if config.get("patches_field") else "samples"),
+                ),
+            )
+            prop.invalid = True
+            prop.error_message = "Nothing is selected"
+    elif query_type == "text":
+        inputs.str("prompt", required=True, label="Prompt", description="e.g. 'a red circle'")
+    elif query_type == "image":
+        prop = inputs.str(
+            "image",
+            required=True,
+            label="Image path or URL",
+            description="A file on the machine that serves the App, or an http(s) URL",
+        )
+        location = (ctx.params.get("image") or "").strip()
+        if location and not location.lower().startswith(("http://", "https://")) and not os.path.isfile(
+            os.path.expanduser(location)
+        ):
+            prop.invalid = True
+            prop.error_message = "No such file: %s" % location
+    else:
+        inputs.define_property(
+            "upload",
+            types.UploadedFile(),
+            required=True,
+            label="Image",
+            view=types.FileView(
+                label="Image",
+                types=".png,.jpg,.jpeg,.gif,.bmp,.webp,.tif,.tiff",
+                max_size=MAX_UPLOAD_BYTES,
+                max_size_error_message="Images up to %d MB" % (MAX_UPLOAD_BYTES // 2**20),
+            ),
+        )
+
+
 class SortByQdrantSimilarity(foo.Operator):
     """Sorts the grid by similarity with a Qdrant index, showing each
     result's distance.
@@ -787,49 +841,7 @@ class SortByQdrantSimilarity(foo.Operator):
         if query_type not in query_types:
             query_type = "selection"
 
-        if query_type == "selection":
-            ids = _selected_query_ids(ctx, view, config.get("patches_field"))
-            if ids:
-                inputs.view("selected", types.Notice(label="Query: the mean of %d selected item(s)" % len(ids)))
-            else:
-                prop = inputs.view(
-                    "selected",
-                    types.Warning(
-                        label="Nothing is selected",
-                        description="Select %s in the grid, or choose another query"
-                        % ("patches" if config.get("patches_field") else "samples"),
-                    ),
-                )
-                prop.invalid = True
-                prop.error_message = "Nothing is selected"
-        elif query_type == "text":
-            inputs.str("prompt", required=True, label="Prompt", description="e.g. 'a red circle'")
-        elif query_type == "image":
-            prop = inputs.str(
-                "image",
-                required=True,
-                label="Image path or URL",
-                description="A file on the machine that serves the App, or an http(s) URL",
-            )
-            location = (ctx.params.get("image") or "").strip()
-            if location and not location.lower().startswith(("http://", "https://")) and not os.path.isfile(
-                os.path.expanduser(location)
-            ):
-                prop.invalid = True
-                prop.error_message = "No such file: %s" % location
-        else:
-            inputs.define_property(
-                "upload",
-                types.UploadedFile(),
-                required=True,
-                label="Image",
-                view=types.FileView(
-                    label="Image",
-                    types=".png,.jpg,.jpeg,.gif,.bmp,.webp,.tif,.tiff",
-                    max_size=MAX_UPLOAD_BYTES,
-                    max_size_error_message="Images up to %d MB" % (MAX_UPLOAD_BYTES // 2**20),
-                ),
-            )
+        _query_inputs(inputs, ctx, view, query_type, config)
         inputs.int("k", default=DEFAULT_K, min=1, label="Number of results")
         prop = inputs.str(
             "dist_field",
@@ -1000,11 +1012,9 @@ class ListQdrantIndexes(foo.Operator):
 
     @reports_failures
     def execute(self, ctx):
-        from fiftyone_qdrant import records
-
         stores, indexes, rows = [], [], []
         for target, where in stores_to_list(ctx):
-            found = records.list_indexes(**target)
+            found = catalog.list_indexes(**target)
             for entry in found:
                 entry["store"] = where
             for row in index_rows(found):
@@ -1060,8 +1070,6 @@ class ListQdrantIndexes(foo.Operator):
 def runs_using_collection(store, collection_name: str) -> List[Any]:
     """(dataset, brain_key) of live runs that use ``collection_name``,
     from the run records stored in the collection."""
-    from fiftyone_qdrant import records
-
     found = []
     metadata = store.get_metadata(collection_name) if store.collection_exists(collection_name) else {}
     for record in (metadata.get(records.RUNS_KEY) or {}).values():
@@ -1276,12 +1284,10 @@ class AttachQdrantIndex(foo.Operator):
 
     @reports_failures
     def execute(self, ctx):
-        from fiftyone_qdrant import records
-
         name = ctx.params.get("collection_name")
         if not name:
             raise ValueError("A collection name is required")
-        index = records.attach_index(
+        index = catalog.attach_index(
             ctx.dataset, name, brain_key=ctx.params.get("brain_key") or None, **connection_kwargs(ctx)
         )
         ctx.ops.reload_dataset()

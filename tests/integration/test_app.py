@@ -1,7 +1,7 @@
 """The FiftyOne App integration, tested the way people use it.
 
 1. The plugin shipped in ``fiftyone_qdrant/plugin``: discovery (the hook
-   that ``fiftyone_qdrant._bootstrap`` applies, and ``plugin.install()``)
+   that ``fiftyone_qdrant.integration`` applies, and ``plugin.install()``)
    and every operator, executed through FiftyOne's operator execution API.
 2. A real App server (``fo.launch_app(remote=True)``: a separate process)
    that opens the embedded store this process holds: it lists our operators,
@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import urllib.request
 
@@ -34,7 +35,7 @@ import fiftyone.brain as fob
 import fiftyone.operators as foo
 
 import tiny_clip
-from fiftyone_qdrant import plugin
+from fiftyone_qdrant import integration, plugin
 
 URI = plugin.PLUGIN_NAME + "/"
 ARTIFACTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
@@ -188,7 +189,7 @@ def test_manifest_declares_the_operators_the_module_registers():
 
 
 def test_discovery_hook_finds_the_packaged_plugin(tmp_path, monkeypatch):
-    """``patch_plugin_discovery`` (applied by the bootstrap hook in every
+    """``patch_plugin_discovery`` (applied by the integration hook in every
     process) makes an empty plugins directory list our plugin, lets users
     disable it, never deletes package files, and never lists it twice."""
     import fiftyone.plugins as fop
@@ -204,8 +205,8 @@ def test_discovery_hook_finds_the_packaged_plugin(tmp_path, monkeypatch):
     monkeypatch.setattr(fop, "delete_plugin", fopc.delete_plugin)
     assert plugin.PLUGIN_NAME not in [p.name for p in fop.list_plugins(enabled="all", builtin="all")]
 
-    plugin.patch_plugin_discovery(fopc)
-    plugin.patch_plugin_discovery(fopc)  # idempotent
+    integration.patch_plugin_discovery(fopc)
+    integration.patch_plugin_discovery(fopc)  # idempotent
     found = [p for p in fop.list_plugins(enabled="all") if p.name == plugin.PLUGIN_NAME]
     assert len(found) == 1 and os.path.samefile(found[0].directory, plugin.PLUGIN_DIR)
     assert not found[0].builtin
@@ -230,20 +231,30 @@ def test_discovery_hook_finds_the_packaged_plugin(tmp_path, monkeypatch):
     plugin.install(str(empty))
     assert [p.name for p in fop.list_plugins(enabled="all")].count(plugin.PLUGIN_NAME) == 1
 
-    monkeypatch.setenv(plugin.DISABLE_ENV_VAR, "true")
+    monkeypatch.setenv(integration.DISABLE_ENV_VAR, "true")
     plugin.uninstall(str(empty))
     assert plugin.PLUGIN_NAME not in [p.name for p in fop.list_plugins(enabled="all")]
 
 
-def test_bootstrap_hook_status_is_reported():
-    """Whether this installation discovers the plugin without install():
-    true once ``_bootstrap`` applies ``patch_plugin_discovery``."""
-    import fiftyone.plugins.core as fopc
+def test_integration_status_reports_every_patch():
+    """`fiftyone-qdrant status` names the four FiftyOne patches, all active
+    in an installed package, all off with the one switch."""
+    import subprocess
 
-    hooked = getattr(fopc._iter_plugin_metadata_files, "_fiftyone_qdrant", False)
-    if not hooked:
-        pytest.skip("fiftyone_qdrant._bootstrap does not apply plugin.patch_plugin_discovery yet")
-    assert hooked
+    from fiftyone_qdrant import integration
+
+    names = ["backend registration", "built-in class aliasing", "App plugin discovery", "prompt-warning filter"]
+    patches = integration.status()
+    assert [p.name for p in patches] == names
+    assert all(p.active for p in patches), patches
+
+    cli = [sys.executable, "-m", "fiftyone_qdrant.cli", "status", "--json"]
+    for switch, active in (("", True), ("true", False)):
+        env = dict(os.environ, **{integration.DISABLE_ENV_VAR: switch})
+        out = json.loads(subprocess.run(cli, env=env, capture_output=True, text=True, check=True).stdout)
+        assert [(p["name"], p["active"]) for p in out] == [(n, active) for n in names], out
+        if not active:
+            assert all(integration.DISABLE_ENV_VAR in p["why"] for p in out)
 
 
 def test_install_links_or_copies_and_uninstall_removes(tmp_path):

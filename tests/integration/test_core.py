@@ -104,7 +104,7 @@ def test_queries_are_restricted_to_the_view(dataset_factory, store_path, view_si
 
 def test_raw_id_listing_matches_values_order(dataset_factory):
     from fiftyone import ViewField as F
-    from fiftyone_qdrant import ids as idmap
+    from fiftyone_qdrant import views as idmap
 
     dataset = dataset_factory(250)
     dataset.set_values("rank", list(np.random.default_rng(3).permutation(250)))
@@ -159,7 +159,7 @@ def test_get_embeddings_gives_back_unit_and_other_vectors(dataset_factory, store
     emb, sids, _ = index.get_embeddings(ids)
     assert list(sids) == ids
     np.testing.assert_allclose(emb, X, rtol=1e-5, atol=1e-6)
-    payloads = {r.payload["sample_id"]: r.payload for r in index._lookup(ids, with_vectors=False).values()}
+    payloads = {r.payload["sample_id"]: r.payload for r in index._points.lookup(ids, with_vectors=False).values()}
     assert [("embedding_norm" in payloads[i]) for i in ids] == [False] * 20 + [True] * 20
 
 

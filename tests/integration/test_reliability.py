@@ -36,7 +36,7 @@ import fiftyone as fo
 import fiftyone.brain as fob
 
 import fiftyone_qdrant as foq
-from fiftyone_qdrant import similarity
+from fiftyone_qdrant import planner, points
 from fiftyone_qdrant.connection import ConnectionSettings, close_all
 
 from conftest import exact_distances, exact_top_k, make_dataset, random_embeddings
@@ -360,8 +360,8 @@ def test_queries_while_another_process_writes(dataset_factory, store_path, tmp_p
     answers read in many pages (listing every id)."""
     from helpers_reliability import concurrency_blocks
 
-    monkeypatch.setattr(similarity, "_SCROLL_PAGE_SIZE", 64)  # listing every id: many pages
-    monkeypatch.setattr(similarity, "_PAGE_SIZE", 8)  # get_embeddings of 40 ids: 5 lookups
+    monkeypatch.setattr(points, "SCROLL_PAGE_SIZE", 64)  # listing every id: many pages
+    monkeypatch.setattr(points, "PAGE_SIZE", 8)  # get_embeddings of 40 ids: 5 lookups
 
     size, num_blocks, window, stable_n, dim = 100, 16, 6, 100, 32
     dataset = dataset_factory(stable_n + num_blocks * size)
@@ -990,7 +990,7 @@ def test_stateful_fuzzing_against_numpy(dataset_factory, store_path, monkeypatch
     ids, other_ids = dataset.values("id"), other.values("id")
     names = iter(range(10**6))
     # tiny filter bound: views take the oversampling paths as well
-    monkeypatch.setattr(similarity, "_MAX_FILTER_IDS", 3)
+    monkeypatch.setattr(planner, "MAX_FILTER_IDS", 3)
     monkeypatch.setattr(QdrantSimilarityIndex, "_max_filter_ids", staticmethod(lambda total: 3), raising=False)
 
     rows = st.lists(st.integers(0, FUZZ_N - 1), unique=True, max_size=8)

@@ -1091,7 +1091,7 @@ def test_querying(quickstart, embeddings, store_path):
 def test_accessing_the_client(quickstart, embeddings, store_path):
     from qdrant_client import QdrantClient
 
-    from fiftyone_qdrant import ids as idmap
+    from fiftyone_qdrant import points as idmap
 
     dataset = quickstart
     qdrant_index = fob.compute_similarity(

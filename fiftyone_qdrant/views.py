@@ -1,81 +1,18 @@
-"""Mapping between FiftyOne ids and Qdrant point ids.
+"""Listing and testing the samples of a FiftyOne view in MongoDB, fast.
 
-Qdrant point ids must be unsigned integers or UUIDs; FiftyOne ids are
-24-hex-digit ObjectIds. We use the scheme of FiftyOne's built-in Qdrant
-backend (ObjectId hex + eight zeros, read as a UUID) so that collections it
-created stay readable, and the mapping needs no lookup table.
+Every build lists the ids of the samples it indexes, and every query of a
+view must know which candidates the view holds; these read MongoDB's raw
+BSON or push ids into one document instead of decoding a document per id.
 """
 
 from __future__ import annotations
 
-import re
-import uuid
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Set
 
 import numpy as np
 
 from .errors import InvalidInputError
-
-_OBJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
-_SUFFIX = "00000000"
-
-
-def is_object_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_OBJECT_ID_RE.match(value))
-
-
-def validate_ids(ids: Iterable[object], kind: str = "sample") -> List[str]:
-    """Returns ``ids`` as a list of strings, or raises naming the first bad
-    one (a wrong type, a non-ObjectId string)."""
-    if isinstance(ids, str):
-        ids = [ids]
-    try:
-        ids = iter(ids)
-    except TypeError:
-        raise InvalidInputError(
-            "Invalid %s ids %r: expected a list of 24-character hex ObjectId strings "
-            "such as `dataset.values('id')`" % (kind, ids)
-        ) from None
-
-    out = []
-    for value in ids:
-        value = str(value) if not isinstance(value, str) and _is_oid_obj(value) else value
-        if not is_object_id(value):
-            raise InvalidInputError(
-                "Invalid %s id %r: expected a 24-character hex ObjectId string "
-                "such as the values of `dataset.values('id')`" % (kind, value)
-            )
-        out.append(value.lower())
-
-    return out
-
-
-def _is_oid_obj(value: object) -> bool:
-    return type(value).__name__ == "ObjectId"
-
-
-def to_point_id(fiftyone_id: str) -> str:
-    return str(uuid.UUID(fiftyone_id + _SUFFIX))
-
-
-def to_point_ids(fiftyone_ids: Sequence[str]) -> List[str]:
-    # the canonical UUID text, by slicing: 5x faster than uuid.UUID per id
-    return [
-        "%s-%s-%s-%s-%s%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:], _SUFFIX)
-        for h in (str(_id).lower() for _id in fiftyone_ids)
-    ]
-
-
-def from_point_id(point_id: object) -> str | None:
-    """The FiftyOne id encoded in a point id, or None if the point id does
-    not follow our scheme (e.g. a record written by a streaming pipeline)."""
-    text = point_id.hex if isinstance(point_id, uuid.UUID) else str(point_id)
-    text = text.replace("-", "")
-    if len(text) == 32 and text.endswith(_SUFFIX):
-        return text[:24]
-
-    return None
-
+from .points import is_object_id
 
 # A MongoDB document holding only an ObjectId ``_id`` is always these 22
 # bytes: int32 length (22), type 0x07, the key "_id\0", 12 id bytes, 0x00
@@ -124,3 +61,51 @@ def collect_view_ids(samples, limit: int) -> List[str]:
     pipeline = samples._pipeline(post_pipeline=[{"$limit": limit}, group])
     doc = next(iter(samples._dataset._sample_collection.aggregate(pipeline)), None)
     return doc["ids"] if doc else []
+
+
+def members_of(view):
+    """``members(keys)`` for the search planner: which of ``keys`` (sample
+    ids) are in ``view``, in one MongoDB round trip."""
+
+    def members(keys: List[str]) -> Set[str]:
+        valid = [key for key in keys if is_object_id(key)]
+        return set(collect_view_ids(view.select(valid), limit=len(valid))) if valid else set()
+
+    return members
+
+
+def is_plain_sample_view(samples, dataset) -> bool:
+    """Samples of ``dataset``, one document each: its ids can be listed and
+    tested with the view's own MongoDB pipeline."""
+    try:
+        root = samples._root_dataset
+        return not (
+            samples._is_generated
+            or samples._is_dynamic_groups
+            or root is not dataset
+            or root.media_type == "group"
+        )
+    except AttributeError:
+        return False
+
+
+def check_ids_in_dataset(dataset, sample_ids: List[str]) -> None:
+    """Raises if a sample id is not in ``dataset``: ids of another dataset
+    would become points that no view of this one can show, and that crowd
+    out real neighbours."""
+    from bson import ObjectId
+
+    unique = list(dict.fromkeys(sample_ids))
+    for start in range(0, len(unique), 50000):
+        batch = unique[start : start + 50000]
+        query = {"_id": {"$in": [ObjectId(i) for i in batch]}}
+        # counting is twice as fast as listing: list only to name the missing
+        if dataset._sample_collection.count_documents(query) == len(batch):
+            continue
+        found = dataset._sample_collection.distinct("_id", query)
+        missing = set(batch) - {str(i) for i in found}
+        if missing:
+            raise InvalidInputError(
+                "%d sample id(s) (eg %s) are not in dataset '%s'; an index holds embeddings of "
+                "its own dataset's samples only" % (len(missing), sorted(missing)[0], dataset.name)
+            )

@@ -15,7 +15,7 @@ nbformat = pytest.importorskip("nbformat", reason="pip install nbformat nbclient
 nbclient = pytest.importorskip("nbclient", reason="pip install nbformat nbclient ipykernel")
 pytest.importorskip("ipykernel", reason="pip install nbformat nbclient ipykernel")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 SCRIPT = os.path.join(ROOT, "scripts", "make_quickstart_notebook.py")
 

@@ -112,7 +112,7 @@ def _make_builtin_style_run(dataset, X, key, collection):
     """A run as FiftyOne's built-in Qdrant backend leaves it: its class
     paths in the records, point ids ObjectId+'00000000', payload only
     ``sample_id``, no payload index."""
-    from fiftyone_qdrant import ids as idmap
+    from fiftyone_qdrant import points as idmap
     from fiftyone_qdrant.connection import ConnectionSettings
     from fiftyone_qdrant.engine import CollectionSpec
     from fiftyone_qdrant.similarity import QdrantSimilarityConfig

@@ -283,7 +283,7 @@ def test_credentials_from_the_environment_are_read_as_raw_strings(monkeypatch, a
     import fiftyone.brain.config as fbc
     from fiftyone.brain.similarity import _parse_config
 
-    from fiftyone_qdrant.connection import resolve_settings
+    from fiftyone_qdrant.catalog import resolve_settings
 
     monkeypatch.setenv("FIFTYONE_BRAIN_SIMILARITY_QDRANT_URL", "http://localhost:6333")
     monkeypatch.setenv("FIFTYONE_BRAIN_SIMILARITY_QDRANT_API_KEY", api_key)

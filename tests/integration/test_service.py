@@ -539,7 +539,7 @@ def test_a_store_of_the_old_layout_migrates_once_losing_nothing(dataset_factory,
     shard = qe.EdgeShard.create(os.path.join(directory, "shard"), qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=8, distance=qe.Distance.Cosine), wal_enabled=False))
     shard.update(qe.UpdateOperation.create_field_index("sample_id", qe.PayloadSchemaType.Keyword))
-    from fiftyone_qdrant import ids as idmap
+    from fiftyone_qdrant import points as idmap
 
     shard.update(qe.UpdateOperation.upsert_points([
         qe.Point(p, X[i].tolist(), {"sample_id": sample_ids[i]})

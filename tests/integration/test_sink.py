@@ -682,7 +682,7 @@ def test_tombstones_delete_and_a_record_without_vectors_never_does(tmp_path):
 
 
 def test_fluvio_tombstones_become_tombstone_lines():
-    from fiftyone_qdrant.sink import _fluvio_line
+    from fiftyone_qdrant.sink.sources import _fluvio_line
 
     class Record:  # the fluvio client's Record: value() and key() as lists of byte values
         def __init__(self, key, value):
@@ -821,7 +821,7 @@ def test_the_fast_dense_path_gives_the_general_paths_records():
     """msgspec's typed decoder takes plain dense upserts; whatever it takes
     must be exactly what the general path makes of the line, and whatever
     it declines (every bad record) must take the general path."""
-    from fiftyone_qdrant.sink import _parse_dense, _parse_general
+    from fiftyone_qdrant.sink.records import _parse_dense, _parse_general
 
     taken = [
         line("c", 3, [1, 2.5, -3e38]),

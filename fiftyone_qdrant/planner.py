@@ -1,0 +1,180 @@
+"""How a query restricted to a view is answered: an id filter, or
+oversampling.
+
+A small view goes to Qdrant as an id filter. A large one is answered by
+asking for more neighbours than ``k`` (in proportion to how much of the
+index the view covers) and dropping those outside the view, growing the
+request until ``k`` in-view hits are found: what is sent to Qdrant never
+grows with the view's size.
+
+Pure functions over two callables, so they are tested without MongoDB or
+Qdrant (``tests/unit/test_planner.py``):
+
+- ``run(limit, restriction=None)``: the top ``limit`` hits of every query
+  vector (a list per query, best first), within ``restriction`` if given;
+- ``members(keys)``: which of ``keys`` are in the view.
+
+Hits are any objects; ``hit_key(hit)`` gives the FiftyOne id they stand for.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+
+Hits = List[List[Any]]  # per query vector, best first
+Run = Callable[..., Hits]  # run(limit, restriction=None)
+Members = Callable[[List[str]], Set[str]]
+HitKey = Callable[[Any], str]
+Restrict = Callable[[List[str]], Any]  # ids -> the store's restriction
+
+#: A view this small is sent to Qdrant as an id filter (or 6 * sqrt(index
+#: size), see max_filter_ids())
+MAX_FILTER_IDS = 2000
+#: ... or total / this, while every query scans the whole collection anyway
+EXHAUSTIVE_FILTER_DIVISOR = 40
+#: ... and never more than MongoDB lists in one document (views.collect_view_ids)
+MAX_LISTED_IDS = 200_000
+
+
+def max_filter_ids(total: int, exhaustive: bool) -> int:
+    """The largest view sent to Qdrant as an id filter.
+
+    Filtering costs ~0.5 ms plus ~4 us per id of the view (listed in one
+    MongoDB document, converted, matched). Oversampling costs one search of
+    the index plus a MongoDB round trip or two (~3 ms each) to check
+    candidates (~2 k * total / view size of them). With an HNSW index the
+    search is cheap and the two break even near max(2000, 6 * sqrt(total))
+    ids; while the collection is searched exhaustively (``exhaustive``:
+    ~75 ns per point at 512-d) the search dominates, and listing wins up to
+    ~total / 40."""
+    bound = max(MAX_FILTER_IDS, int(6 * math.sqrt(total)))
+    if exhaustive:
+        bound = max(bound, total // EXHAUSTIVE_FILTER_DIVISOR)
+    return min(bound, MAX_LISTED_IDS)
+
+
+def unique_hits(hits: Sequence[Any], hit_key: HitKey) -> List[Any]:
+    """``hits`` without repeats of a FiftyOne id (each keeps its best)."""
+    seen: Set[str] = set()
+    unique = []
+    for hit in hits:
+        key = hit_key(hit)
+        if key not in seen:
+            seen.add(key)
+            unique.append(hit)
+    return unique
+
+
+def deduplicated(run: Run, points: int, hit_key: HitKey) -> Run:
+    """``run`` for a collection where several points may carry one FiftyOne
+    id (points written by a pipeline): asks for more until ``limit``
+    distinct ids are found, so repeats never take the place of other ids."""
+
+    def run_unique(limit: int, restriction=None) -> Hits:
+        asked = limit
+        while True:
+            hits = run(asked, restriction)
+            unique = [unique_hits(h, hit_key) for h in hits]
+            if asked >= points or all(len(u) >= limit or len(h) < asked for u, h in zip(unique, hits)):
+                return [u[:limit] for u in unique]
+            asked = min(points, max(2 * asked, asked + 16))
+
+    return run_unique
+
+
+def search_listed(
+    run: Run,
+    want: int,
+    k: Optional[int],
+    total: int,
+    allowed: Optional[Sequence[str]],
+    bound: int,
+    restrict: Restrict,
+    hit_key: HitKey,
+    num_queries: int,
+) -> Hits:
+    """Top-``want`` hits per query among the ``allowed`` ids (None: all),
+    ``k`` being what was asked (None: every neighbour)."""
+    if allowed is None:
+        return run(want)
+    if len(allowed) == 0:
+        return [[] for _ in range(num_queries)]
+    if len(allowed) <= bound:
+        return run(min(want, len(allowed)), restrict(list(allowed)))
+    allowed_set = set(allowed)
+    want = min(want, len(allowed))
+    limit = want if k is None else min(total, math.ceil(want * total / len(allowed) * 2) + 16)
+    return oversample(run, want, total, limit, allowed_set.intersection, hit_key)
+
+
+def search_unlisted(
+    run: Run,
+    want: int,
+    total: int,
+    bound: int,
+    list_ids: Callable[[int], List[str]],
+    members: Members,
+    restrict: Restrict,
+    hit_key: HitKey,
+    num_queries: int,
+) -> Optional[Hits]:
+    """Top-``want`` hits per query within a view whose ids are not listed.
+
+    A view of at most ``bound`` ids (``list_ids(limit)`` lists up to
+    ``limit`` of them) goes to Qdrant as an id filter. For a larger view
+    Qdrant returns more neighbours than ``want``, enough if the view were
+    just over the bound (4x more if that is not enough), and ``members``
+    tells which are in the view: the work follows ``k`` and the index size,
+    never the view's size. Returns None if that is still not enough (a view
+    mostly outside the index), for the caller to list the view's ids."""
+    listed = list_ids(bound + 1)
+    if not listed:
+        return [[] for _ in range(num_queries)]
+    if len(listed) <= bound:
+        return run(min(want, len(listed)), restrict(listed))
+    limit = min(total, math.ceil(want * total / bound * 2) + 16)
+    return oversample(run, want, total, limit, members, hit_key, max_rounds=2)
+
+
+def oversample(
+    run: Run,
+    want: int,
+    total: int,
+    limit: int,
+    members: Members,
+    hit_key: HitKey,
+    max_rounds: Optional[int] = None,
+) -> Optional[Hits]:
+    """Top-``want`` in-view hits per query from ``run(limit)`` hits.
+
+    Candidates are checked best first and a few at a time (a check may be a
+    MongoDB round trip), about as many as the in-view rate seen so far
+    needs; ``limit`` grows 4x while that is not enough. Returns None after
+    ``max_rounds`` searches without enough hits."""
+    in_view: Dict[str, bool] = {}
+    rounds = 0
+    while True:
+        all_hits = run(limit)
+        longest = max((len(hits) for hits in all_hits), default=0)
+        checked, step = 0, 16 * want + 16  # enough for views over ~10%
+        while True:
+            upto = min(longest, checked + step)
+            new = list({hit_key(h) for hits in all_hits for h in hits[checked:upto]} - in_view.keys())
+            if new:
+                found_in = members(new)
+                in_view.update((key, key in found_in) for key in new)
+            checked = upto
+            results = [[h for h in hits[:checked] if in_view[hit_key(h)]] for hits in all_hits]
+            found = min((len(r) for r in results), default=want)
+            if found >= want:
+                return [r[:want] for r in results]
+            if checked >= longest:
+                break
+            step = 4 * checked if found == 0 else max(16, math.ceil(checked * (want / found * 1.25 - 1)))
+        if limit >= total:
+            return [r[:want] for r in results]
+        rounds += 1
+        if max_rounds is not None and rounds >= max_rounds:
+            return None
+        limit = min(total, limit * 4)

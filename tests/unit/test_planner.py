@@ -1,0 +1,164 @@
+"""The search planner against brute force over a numpy corpus: no MongoDB,
+no Qdrant. ``run`` is an exact search with an optional id restriction, as
+the store's query is; ``members`` is a set's membership, as MongoDB's is."""
+
+import numpy as np
+import pytest
+
+from fiftyone_qdrant import planner
+
+N, DIM, K = 600, 8, 10
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    rng = np.random.default_rng(0)
+    keys = ["%024x" % i for i in range(N)]
+    return keys, rng.normal(size=(N, DIM)), rng.normal(size=(3, DIM))
+
+
+class Engine:
+    """Exact dot-product search, counting what the planner asks of it."""
+
+    def __init__(self, keys, vectors, queries):
+        self.keys, self.vectors, self.queries = keys, vectors, queries
+        self.calls = []
+
+    def run(self, limit, restriction=None):
+        self.calls.append((limit, None if restriction is None else len(restriction)))
+        scores = self.queries @ self.vectors.T
+        if restriction is not None:
+            allowed = np.array([k in restriction for k in self.keys])
+            scores = np.where(allowed, scores, -np.inf)
+        out = []
+        for row in scores:
+            order = [i for i in np.argsort(-row, kind="stable") if np.isfinite(row[i])][:limit]
+            out.append([(self.keys[i], row[i]) for i in order])
+        return out
+
+
+def hit_key(hit):
+    return hit[0]
+
+
+def expected(engine, view, k):
+    return [[key for key, _ in hits] for hits in engine.run(k, set(view))]
+
+
+def keys_of(results):
+    return [[key for key, _ in hits] for hits in results]
+
+
+def test_max_filter_ids_follows_the_index_size_and_how_it_is_searched():
+    assert planner.max_filter_ids(100, exhaustive=False) == planner.MAX_FILTER_IDS
+    assert planner.max_filter_ids(10**6, exhaustive=False) == 6000  # 6 * sqrt(total)
+    assert planner.max_filter_ids(10**6, exhaustive=True) == 25000  # total / 40
+    assert planner.max_filter_ids(10**12, exhaustive=True) == planner.MAX_LISTED_IDS
+
+
+def test_no_view_is_one_search_of_k(corpus):
+    engine = Engine(*corpus)
+    results = planner.search_listed(engine.run, K, K, N, None, 50, set, hit_key, 3)
+    assert engine.calls == [(K, None)]
+    assert keys_of(results) == keys_of(engine.run(K))
+
+
+def test_empty_view_asks_nothing(corpus):
+    engine = Engine(*corpus)
+    assert planner.search_listed(engine.run, K, K, N, [], 50, set, hit_key, 3) == [[], [], []]
+    assert engine.calls == []
+
+
+def test_a_small_view_is_sent_as_a_filter(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][::20]  # 30 ids, under the bound of 50
+    results = planner.search_listed(engine.run, K, K, N, view, 50, set, hit_key, 3)
+    assert engine.calls == [(K, 30)]
+    assert keys_of(results) == expected(engine, view, K)
+
+
+@pytest.mark.parametrize("step", [2, 5, 9])
+def test_a_large_view_is_oversampled_to_the_exact_top_k(corpus, step):
+    engine = Engine(*corpus)
+    view = corpus[0][::step]
+    results = planner.search_listed(engine.run, K, K, N, view, 20, set, hit_key, 3)
+    assert all(restriction is None for _, restriction in engine.calls)  # never ships the view
+    assert engine.calls[0][0] < N  # asked for fewer than everything
+    assert keys_of(results) == expected(engine, view, K)
+
+
+def test_oversampling_grows_until_enough_and_stops_at_the_index(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][-3:]  # 3 ids, probably far down every ranking
+    results = planner.oversample(engine.run, 3, N, 16, set(view).intersection, hit_key)
+    limits = [limit for limit, _ in engine.calls]
+    assert limits == sorted(limits) and limits[-1] <= N
+    assert keys_of(results) == expected(engine, view, 3)
+
+
+def test_oversampling_gives_up_after_max_rounds(corpus):
+    engine = Engine(*corpus)
+    results = planner.oversample(engine.run, 5, N, 16, lambda keys: set(), hit_key, max_rounds=2)
+    assert results is None and len(engine.calls) == 2
+
+
+def test_members_are_asked_about_each_candidate_once(corpus):
+    engine = Engine(*corpus)
+    view = set(corpus[0][::3])
+    asked = []
+
+    def members(keys):
+        asked.extend(keys)
+        return view.intersection(keys)
+
+    planner.oversample(engine.run, K, N, 40, members, hit_key)
+    assert len(asked) == len(set(asked))
+
+
+def test_an_unlisted_view_under_the_bound_is_listed_and_filtered(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][:15]
+    listed_limits = []
+
+    def list_ids(limit):
+        listed_limits.append(limit)
+        return view[:limit]
+
+    results = planner.search_unlisted(engine.run, K, N, 20, list_ids, set(view).intersection, set, hit_key, 3)
+    assert listed_limits == [21] and engine.calls == [(K, 15)]
+    assert keys_of(results) == expected(engine, view, K)
+
+
+def test_an_unlisted_large_view_is_tested_not_listed(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][::2]
+    results = planner.search_unlisted(
+        engine.run, K, N, 20, lambda limit: view[:limit], set(view).intersection, set, hit_key, 3
+    )
+    assert all(restriction is None for _, restriction in engine.calls)
+    assert keys_of(results) == expected(engine, view, K)
+
+
+def test_an_unlisted_empty_view_has_no_hits(corpus):
+    engine = Engine(*corpus)
+    assert planner.search_unlisted(engine.run, K, N, 20, lambda limit: [], set, set, hit_key, 2) == [[], []]
+    assert engine.calls == []
+
+
+def test_repeated_ids_never_take_the_place_of_others(corpus):
+    keys, vectors, queries = corpus
+    repeated = [keys[i // 3] for i in range(N)]  # every id on three points, nearly the same vector
+    near = vectors[np.arange(N) // 3] + 1e-6 * vectors
+    engine = Engine(repeated, near, queries)
+    run = planner.deduplicated(engine.run, N, hit_key)
+    results = keys_of(run(K))
+    calls = list(engine.calls)
+    for got, hits in zip(results, engine.run(N)):
+        assert got == list(dict.fromkeys(key for key, _ in hits))[:K]
+        assert len(set(got)) == K
+    assert calls[0] == (K, None) and len(calls) > 1  # it asked again, for more
+
+
+def test_unique_hits_keep_the_best_of_each_id():
+    hits = [("a", 3), ("b", 2), ("a", 1), ("c", 0)]
+    assert planner.unique_hits(hits, hit_key) == [("a", 3), ("b", 2), ("c", 0)]
