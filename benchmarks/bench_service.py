@@ -52,7 +52,7 @@ from qdrant_client import QdrantClient  # noqa: E402
 from qdrant_client import models as qm  # noqa: E402
 
 from fiftyone_qdrant import local  # noqa: E402
-from fiftyone_qdrant.engine import CollectionSpec  # noqa: E402
+from fiftyone_qdrant.store import CollectionSpec  # noqa: E402
 from fiftyone_qdrant.server import ServerStore  # noqa: E402
 from fiftyone_qdrant.wire import encode_upsert  # noqa: E402
 
@@ -186,7 +186,7 @@ def fresh_process(root, name):
 
 _WRITER = r"""
 import sys, numpy as np, uuid
-from fiftyone_qdrant.engine import CollectionSpec
+from fiftyone_qdrant.store import CollectionSpec
 from fiftyone_qdrant.server import ServerStore
 root, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = ServerStore.local(root)

@@ -9,7 +9,7 @@ import logging
 from typing import Any, Dict, List, Optional
 
 from .connection import ConnectionSettings
-from .engine import validate_collection_name
+from .store import validate_collection_name
 from .errors import CollectionNotFoundError, QdrantBackendError
 from .records import RUNS_KEY
 

@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Dict, Optional, Tuple
 
-from .engine import VectorStore
+from .store import VectorStore
 from .errors import ConfigError
 from .redaction import safe_url
 

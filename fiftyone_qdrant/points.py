@@ -15,12 +15,12 @@ from __future__ import annotations
 import re
 import uuid
 import logging
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from .engine import IdRestriction, PointRecord, VectorStore
-from .errors import InvalidInputError
+from .store import IdRestriction, PointRecord, VectorStore
+from .errors import InvalidInputError, UnknownIdError
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,19 @@ def vector_of(record: PointRecord) -> np.ndarray:
     return record.vector * norm if norm is not None else record.vector
 
 
+def report_missing(missing: List[str], allow_missing: bool, warn_missing: bool) -> None:
+    """Raises for ids asked for that are not in the index, or warns."""
+    if not missing:
+        return
+    if not allow_missing:
+        raise UnknownIdError(
+            "Found %d ids (eg %s) that are not in the index. Pass "
+            "allow_missing=True to ignore them" % (len(missing), missing[0])
+        )
+    if warn_missing:
+        logger.warning("Skipping %d ids that are not in the index", len(missing))
+
+
 class PointMap:
     """The FiftyOne ids of one index's collection and the points that hold
     them: lookups by id, listing, restrictions and the point ids to write.
@@ -166,6 +179,13 @@ class PointMap:
                 return False
             self._payload_ids = from_point_id(first[0].id) != self.key(first[0])
         return self._payload_ids
+
+    def hit_payload(self):
+        """What of a hit's payload queries need: its FiftyOne ids, where the
+        point id does not give them (a patch's sample, a pipeline's points)."""
+        if self.uses_payload_ids():
+            return ["sample_id", "label_id"]
+        return ["sample_id"] if self.patches else False
 
     def counts_by_listing(self) -> bool:
         """Whether the index size is not the point count: points of a named
@@ -286,3 +306,41 @@ class PointMap:
                         seen.add(record.id)
                         point_ids.append(record.id)
         return point_ids
+
+    def records(self, sample_ids=None, label_ids=None,
+                missing: Callable[[List[str]], None] = lambda keys: None) -> List[PointRecord]:
+        """The records (with vectors) of ``label_ids``, of ``sample_ids``
+        (every patch of them, for a patches index) or, with neither, of every
+        id, in the order asked; ``missing`` is given the asked ids that are
+        not in the index."""
+        if label_ids is not None or (sample_ids is not None and not self.patches):
+            keys = validate_ids(label_ids if label_ids is not None else sample_ids,
+                                "label" if label_ids is not None else "sample")
+            found = self.lookup(keys, with_vectors=True)
+            missing([k for k in keys if k not in found])
+            return [found[k] for k in keys if k in found]
+        if sample_ids is not None:
+            keys = validate_ids(sample_ids, "sample")
+            by_sample: Dict[str, List[PointRecord]] = {}
+            for record in self.patches_of_samples(keys, with_vectors=True).values():
+                by_sample.setdefault(record.payload.get("sample_id"), []).append(record)
+            missing([k for k in keys if k not in by_sample])
+            return [r for k in keys for r in by_sample.get(k, [])]
+        out, seen = [], set()
+        for page in self.store.scroll(self.collection_name, with_vectors=True, vector_name=self.vector_name):
+            for record in page:
+                key = self.key(record)
+                # points lacking this index's named vector are not in it; of
+                # several points of one id, the first counts
+                if record.vector is not None and key not in seen:
+                    seen.add(key)
+                    out.append(record)
+        return out
+
+    def arrays(self, found: List[PointRecord], dimension: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """``get_embeddings()``'s (embeddings, sample ids, label ids) of records."""
+        embeddings = np.array([vector_of(r) for r in found], dtype=np.float32).reshape(len(found), dimension)
+        ids = [self.fiftyone_ids(r) for r in found]
+        sample_ids = np.array([s for s, _ in ids], dtype="<U24")
+        label_ids = np.array([l for _, l in ids], dtype="<U24") if self.patches else None
+        return embeddings, sample_ids, label_ids

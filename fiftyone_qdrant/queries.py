@@ -1,16 +1,17 @@
-"""Image queries: a path, URL, PIL image or array (or a list of them) given
-to ``sort_by_similarity``, read as RGB pixels for the index's model."""
+"""What a query may be, checked before Qdrant is asked: ids, vectors, or
+images (a path, URL, PIL image or array, or a list of them) given to
+``sort_by_similarity``, read as RGB pixels for the index's model."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
 import eta.core.utils as etau
 
-from .errors import InvalidInputError
+from .errors import DimensionMismatchError, InvalidInputError
 
 _URL_PREFIXES = ("http://", "https://")
 
@@ -72,3 +73,46 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
         raise InvalidInputError("A query image must be HxW or HxWx3 (RGB), got shape %s" % (pixels.shape,))
     return pixels
 
+
+
+def query_vectors(query, index_dimension: Callable[[], int],
+                  vectors_of_ids: Callable[[List[str]], np.ndarray]) -> Tuple[np.ndarray, bool]:
+    """A query (an id, a list of ids, a vector or an array of vectors) as
+    2-d float32 query vectors, and whether a single query was given."""
+    if query is None:
+        raise InvalidInputError("A query is required")
+    if etau.is_str(query):
+        return vectors_of_ids([query]), True
+    if isinstance(query, np.ndarray) and np.issubdtype(query.dtype, np.number) and not np.iscomplexobj(query):
+        vectors = query
+    else:
+        try:
+            items = list(query)
+        except TypeError:
+            raise InvalidInputError(
+                "Invalid query %r: pass an id, a list of ids, a vector or an array of vectors" % (query,)
+            ) from None
+        if not items:
+            raise InvalidInputError("At least one query must be provided")
+        if all(isinstance(x, str) for x in items):
+            return vectors_of_ids(items), False
+        try:
+            vectors = np.asarray(items, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                "Invalid query: pass an id, a list of ids, a vector or an array of vectors"
+            ) from None
+    single = vectors.ndim == 1
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    dimension = index_dimension()
+    if vectors.ndim != 2 or vectors.shape[1] != dimension:
+        raise DimensionMismatchError(
+            "Query vectors have shape %s but the index stores %d-d vectors"
+            % (vectors.shape, dimension)
+        )
+    if len(vectors) == 0:
+        raise InvalidInputError("At least one query must be provided")
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not (np.isfinite(vectors).all() and np.isfinite(np.linalg.norm(vectors, axis=1)).all()):
+            raise InvalidInputError("Query vectors contain NaN or inf (or values whose norm overflows float32)")
+    return vectors, single

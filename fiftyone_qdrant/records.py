@@ -15,7 +15,7 @@ import hashlib
 import logging
 from typing import Any, Dict, Optional
 
-from .engine import VectorStore
+from .store import VectorStore
 from .version import __version__
 
 logger = logging.getLogger(__name__)

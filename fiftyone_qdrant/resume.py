@@ -10,7 +10,7 @@ import numpy as np
 
 from . import points
 from .build import as_2d_numeric, model_batches
-from .engine import CollectionSpec
+from .store import CollectionSpec
 from .errors import ConfigError, QdrantBackendError
 
 # Settings of an interrupted build that a re-run must share to resume it

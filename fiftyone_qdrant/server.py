@@ -18,16 +18,14 @@ import time
 import warnings
 from typing import Any, Deque, Dict, Iterator, List, Optional
 
-import grpc as grpclib
 import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import grpc as pb
 from qdrant_client import models as qm
-from qdrant_client.conversions.conversion import grpc_to_payload
 
-from .engine import CollectionSpec, Hit, IdRestriction, PointRecord, VectorStore, iter_pages
+from .store import CollectionSpec, Hit, IdRestriction, PointRecord, VectorStore, iter_pages
 from .errors import CollectionNotFoundError, ConfigError, ConnectionFailedError, QdrantBackendError
-from .wire import REVISION_HEADER, SNAPSHOT_BEGIN_HEADER, SNAPSHOT_END_HEADER, encode_upsert
+from .wire import REVISION_HEADER, SNAPSHOT_BEGIN_HEADER, SNAPSHOT_END_HEADER, encode_upsert, payload_from_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -542,14 +540,19 @@ class ServerStore(VectorStore):
                 records = [_record(r, with_vectors, vector_name) for r in records]
             yield records
 
-    def query_batch(self, name, vectors, limit, restriction=None, score_threshold=None, vector_name=None, search_params=None):
+    def query_batch(self, name, vectors, limit, restriction=None, score_threshold=None, vector_name=None,
+                    search_params=None, with_payload=True):
         vectors = np.asarray(vectors, dtype=np.float32)
         if self._grpc:
             query_filter = _grpc_filter(restriction)
             params = pb.SearchParams(**search_params) if search_params else None
+            if isinstance(with_payload, bool):
+                payload = pb.WithPayloadSelector(enable=with_payload)
+            else:
+                payload = pb.WithPayloadSelector(include=pb.PayloadIncludeSelector(fields=list(with_payload)))
             requests = []
             for row in vectors.tolist():
-                q = pb.QueryPoints(collection_name=name, limit=limit, with_payload=pb.WithPayloadSelector(enable=True))
+                q = pb.QueryPoints(collection_name=name, limit=limit, with_payload=payload)
                 q.query.nearest.dense.data.extend(row)
                 if vector_name:
                     q.using = vector_name
@@ -563,7 +566,7 @@ class ServerStore(VectorStore):
             request = pb.QueryBatchPoints(collection_name=name, query_points=requests)
             response = self._call(lambda: self.client.grpc_points.QueryBatch(request, timeout=self._timeout()))
             return [
-                [Hit(_grpc_id(p.id), p.score, grpc_to_payload(p.payload) if p.payload else {}) for p in r.result]
+                [Hit(_grpc_id(p.id), p.score, payload_from_grpc(p.payload) if p.payload else {}) for p in r.result]
                 for r in response.result
             ]
         query_filter = _filter(restriction)
@@ -574,7 +577,7 @@ class ServerStore(VectorStore):
                 using=vector_name,
                 filter=query_filter,
                 limit=limit,
-                with_payload=True,
+                with_payload=with_payload if isinstance(with_payload, bool) else list(with_payload),
                 score_threshold=score_threshold,
                 params=params,
             )
@@ -652,7 +655,7 @@ def _grpc_record(p, with_vectors: bool, vector_name: Optional[str]) -> PointReco
             vector = _grpc_dense(named[vector_name]) if vector_name in named else None
         elif kind == "vector":
             vector = _grpc_dense(p.vectors.vector)
-    return PointRecord(_grpc_id(p.id), vector, grpc_to_payload(p.payload) if p.payload else {})
+    return PointRecord(_grpc_id(p.id), vector, payload_from_grpc(p.payload) if p.payload else {})
 
 
 def _grpc_filter(restriction: Optional[IdRestriction]) -> Optional[pb.Filter]:

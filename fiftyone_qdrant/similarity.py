@@ -28,16 +28,15 @@ from fiftyone.brain.similarity import (
 
 from . import brain_internals, build, planner, points, records, resume, views
 from .connection import ConnectionSettings
-from .engine import METRICS, SIMILARITY_METRICS, CollectionSpec, PointRecord, validate_collection_name
+from .store import METRICS, SIMILARITY_METRICS, CollectionSpec, validate_collection_name
 from .errors import (
     CollectionNotFoundError,
     ConfigError,
-    DimensionMismatchError,
     InvalidInputError,
     QdrantBackendError,
     UnknownIdError,
 )
-from .queries import image_queries, read_query_image
+from .queries import image_queries, query_vectors, read_query_image
 from .settings import (
     parse_flag,
     port_setting,
@@ -522,14 +521,14 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             keys = points.validate_ids(sample_ids, "sample")
             found = self._points.patches_of_samples(keys, with_vectors=False)
             present = {r.payload.get("sample_id") for r in found.values()}
-            self._report_missing([k for k in keys if k not in present], allow_missing, warn_missing)
+            points.report_missing([k for k in keys if k not in present], allow_missing, warn_missing)
             keys = list(found)
         else:
             keys = points.validate_ids(sample_ids, "sample")
             found = self._points.lookup(keys, with_vectors=False)
 
         if label_ids is not None or self.config.patches_field is None:
-            self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
+            points.report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
 
         removed = [k for k in keys if k in found]
         point_ids = self._points.all_point_ids(removed, found)
@@ -556,61 +555,24 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             patches_field=self.config.patches_field,
         )
 
-    @staticmethod
-    def _report_missing(missing: List[str], allow_missing: bool, warn_missing: bool) -> None:
-        if not missing:
-            return
-        if not allow_missing:
-            raise UnknownIdError(
-                "Found %d ids (eg %s) that are not in the index. Pass "
-                "allow_missing=True to ignore them" % (len(missing), missing[0])
-            )
-        if warn_missing:
-            logger.warning("Skipping %d ids that are not in the index", len(missing))
-
     def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True, warn_missing=False):
         patches = self.config.patches_field is not None
         if label_ids is not None and not patches:
             raise InvalidInputError("This index is not a patches index: pass sample_ids, not label_ids")
+
+        def missing(keys: List[str]) -> None:
+            points.report_missing(keys, allow_missing, warn_missing)
+
         # one state of the collection, however many pages are read
         with self.store.snapshot(self.collection_name):
-            if not self._check_collection():
+            if self._check_collection():
+                found = self._points.records(sample_ids, label_ids, missing)
+            else:
+                found = []
                 asked = label_ids if label_ids is not None else sample_ids
                 if asked is not None:  # nothing is indexed yet: every id is missing
-                    keys = points.validate_ids(asked, "label" if label_ids is not None else "sample")
-                    self._report_missing(keys, allow_missing, warn_missing)
-                found_records = []
-            elif label_ids is not None or (sample_ids is not None and not patches):
-                keys = points.validate_ids(label_ids if label_ids is not None else sample_ids,
-                                           "label" if label_ids is not None else "sample")
-                found = self._points.lookup(keys, with_vectors=True)
-                self._report_missing([k for k in keys if k not in found], allow_missing, warn_missing)
-                found_records = [found[k] for k in keys if k in found]
-            elif sample_ids is not None:
-                keys = points.validate_ids(sample_ids, "sample")
-                by_sample: Dict[str, List[PointRecord]] = {}
-                for record in self._points.patches_of_samples(keys, with_vectors=True).values():
-                    by_sample.setdefault(record.payload.get("sample_id"), []).append(record)
-                self._report_missing([k for k in keys if k not in by_sample], allow_missing, warn_missing)
-                found_records = [r for k in keys for r in by_sample.get(k, [])]
-            else:
-                found_records, seen = [], set()
-                for page in self.store.scroll(self.collection_name, with_vectors=True, vector_name=self.config.vector_name):
-                    for r in page:
-                        key = self._points.key(r)
-                        # points lacking this index's named vector are not in
-                        # it; of several points of one id, the first counts
-                        if r.vector is not None and key not in seen:
-                            seen.add(key)
-                            found_records.append(r)
-
-        dim = self.spec.dimension if self.spec is not None else 0
-        embeddings = np.array([points.vector_of(r) for r in found_records], dtype=np.float32)
-        embeddings = embeddings.reshape(len(found_records), dim)
-        ids = [self._points.fiftyone_ids(r) for r in found_records]
-        out_sample_ids = np.array([s for s, _ in ids], dtype="<U24")
-        out_label_ids = np.array([l for _, l in ids], dtype="<U24") if patches else None
-        return embeddings, out_sample_ids, out_label_ids
+                    missing(points.validate_ids(asked, "label" if label_ids is not None else "sample"))
+        return self._points.arrays(found, self.spec.dimension if self.spec is not None else 0)
 
     def cleanup(self):
         """Deletes the Qdrant collection and everything in it."""
@@ -671,43 +633,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _parse_neighbors_query(self, query) -> Tuple[np.ndarray, bool]:
         """Query vectors (2-d) and whether a single query was given."""
-        if query is None:
-            raise InvalidInputError("A query is required")
-        if etau.is_str(query):
-            return self._vectors_of_ids([query]), True
-        if isinstance(query, np.ndarray) and np.issubdtype(query.dtype, np.number) and not np.iscomplexobj(query):
-            vectors = query
-        else:
-            try:
-                items = list(query)
-            except TypeError:
-                raise InvalidInputError(
-                    "Invalid query %r: pass an id, a list of ids, a vector or an array of vectors" % (query,)
-                ) from None
-            if not items:
-                raise InvalidInputError("At least one query must be provided")
-            if all(isinstance(x, str) for x in items):
-                return self._vectors_of_ids(items), False
-            try:
-                vectors = np.asarray(items, dtype=np.float32)
-            except (TypeError, ValueError):
-                raise InvalidInputError(
-                    "Invalid query: pass an id, a list of ids, a vector or an array of vectors"
-                ) from None
-        single = vectors.ndim == 1
-        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        spec = self._require_spec()
-        if vectors.ndim != 2 or vectors.shape[1] != spec.dimension:
-            raise DimensionMismatchError(
-                "Query vectors have shape %s but the index stores %d-d vectors"
-                % (vectors.shape, spec.dimension)
-            )
-        if len(vectors) == 0:
-            raise InvalidInputError("At least one query must be provided")
-        with np.errstate(over="ignore", invalid="ignore"):
-            if not (np.isfinite(vectors).all() and np.isfinite(np.linalg.norm(vectors, axis=1)).all()):
-                raise InvalidInputError("Query vectors contain NaN or inf (or values whose norm overflows float32)")
-        return vectors, single
+        return query_vectors(query, lambda: self._require_spec().dimension, self._vectors_of_ids)
 
     def _vectors_of_ids(self, query_ids: List[str]) -> np.ndarray:
         keys = points.validate_ids(query_ids, "label" if self.config.patches_field else "sample")
@@ -773,10 +699,12 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         """The planner's ``run(limit, restriction)`` for ``vectors``."""
         name, vector_name, params = self.collection_name, self.config.vector_name, self._search_params()
 
+        payload = self._points.hit_payload()
+
         def run(limit: int, restriction=None):
             return self.store.query_batch(
                 name, vectors, limit, restriction=restriction, score_threshold=score_threshold,
-                vector_name=vector_name, search_params=params,
+                vector_name=vector_name, search_params=params, with_payload=payload,
             )
 
         # points with foreign ids may repeat a FiftyOne id: such repeats

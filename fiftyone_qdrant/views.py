@@ -65,11 +65,18 @@ def collect_view_ids(samples, limit: int) -> List[str]:
 
 def members_of(view):
     """``members(keys)`` for the search planner: which of ``keys`` (sample
-    ids) are in ``view``, in one MongoDB round trip."""
+    ids) are in ``view``, in one MongoDB round trip (the view's own
+    pipeline, then a match on the ids: what ``view.select()`` runs, without
+    building a view per call)."""
+    from bson import ObjectId
 
     def members(keys: List[str]) -> Set[str]:
-        valid = [key for key in keys if is_object_id(key)]
-        return set(collect_view_ids(view.select(valid), limit=len(valid))) if valid else set()
+        valid = [ObjectId(key) for key in keys if is_object_id(key)]
+        if not valid:
+            return set()
+        post = [{"$match": {"_id": {"$in": valid}}}, {"$project": {"_id": True}}]
+        pipeline = view._pipeline(post_pipeline=post)
+        return {i for batch in iter_object_id_batches(view._dataset._sample_collection, pipeline) for i in batch}
 
     return members
 

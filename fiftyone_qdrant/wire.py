@@ -123,3 +123,15 @@ def encode_upsert(
         parts.append(points_tag + _varint(body_len) + head + vectors_head)
         parts.append(raw[row * row_bytes : (row + 1) * row_bytes])
     return b"".join(parts)
+
+
+def payload_from_grpc(entries) -> Dict[str, Any]:
+    """A point's protobuf payload map as JSON; strings (ids) without
+    qdrant-client's generic conversion, which costs more than the rest of
+    decoding a point."""
+    from qdrant_client.conversions.conversion import value_to_json
+
+    out = {}
+    for key, value in entries.items():
+        out[key] = value.string_value if value.WhichOneof("kind") == "string_value" else value_to_json(value)
+    return out

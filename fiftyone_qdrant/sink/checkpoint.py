@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
-from ..engine import file_lock
+from ..store import file_lock
 from ..errors import ConfigError
 from .records import Line, PointId, _now
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..engine import METRICS
+from ..store import METRICS
 from ..errors import ConfigError
 from .records import SinkRecord, SparseVector, VectorShape
 

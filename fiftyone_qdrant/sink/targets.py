@@ -104,7 +104,7 @@ class ServerTarget(Target):
     def check_collection_name(self, name: str) -> None:
         if not self.store.is_local:
             return
-        from ..engine import validate_collection_name
+        from ..store import validate_collection_name
 
         try:
             validate_collection_name(name)

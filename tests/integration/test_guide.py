@@ -910,7 +910,7 @@ def test_connect_to_a_collection_written_outside_fiftyone(quickstart, embeddings
     import uuid
 
     from fiftyone_qdrant.connection import ConnectionSettings
-    from fiftyone_qdrant.engine import CollectionSpec
+    from fiftyone_qdrant.store import CollectionSpec
 
     dataset = quickstart
     ids = dataset.values("id")

@@ -114,7 +114,7 @@ def _make_builtin_style_run(dataset, X, key, collection):
     ``sample_id``, no payload index."""
     from fiftyone_qdrant import points as idmap
     from fiftyone_qdrant.connection import ConnectionSettings
-    from fiftyone_qdrant.engine import CollectionSpec
+    from fiftyone_qdrant.store import CollectionSpec
     from fiftyone_qdrant.similarity import QdrantSimilarityConfig
 
     sample_ids = dataset.values("id")

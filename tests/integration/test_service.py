@@ -32,7 +32,7 @@ import fiftyone.brain as fob
 from fiftyone_qdrant import errors as foq_errors
 from fiftyone_qdrant import local
 from fiftyone_qdrant.connection import close_all
-from fiftyone_qdrant.engine import CollectionSpec
+from fiftyone_qdrant.store import CollectionSpec
 from fiftyone_qdrant.errors import QdrantBackendError
 from fiftyone_qdrant.server import ServerStore
 
@@ -397,7 +397,7 @@ def test_service_is_private_loopback_and_checks_its_token(store_path):
 
 _STARTER = """
 import sys, numpy as np
-from fiftyone_qdrant.engine import CollectionSpec
+from fiftyone_qdrant.store import CollectionSpec
 from fiftyone_qdrant.server import ServerStore
 store = ServerStore.local(sys.argv[1])
 store.create_collection("c", CollectionSpec(3, "euclidean"), {"by": "starter"})

@@ -291,7 +291,7 @@ def test_malformed_records_are_dead_lettered_and_nothing_else_is_lost(tmp_path):
 
 
 def test_existing_collection_from_fiftyone_is_checked_not_recreated(tmp_path):
-    from fiftyone_qdrant.engine import CollectionSpec
+    from fiftyone_qdrant.store import CollectionSpec
 
     path = str(tmp_path / "store")
     store = ServerStore.local(path)

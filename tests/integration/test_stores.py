@@ -10,7 +10,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from fiftyone_qdrant import points as idmap
-from fiftyone_qdrant.engine import CollectionSpec, IdRestriction
+from fiftyone_qdrant.store import CollectionSpec, IdRestriction
 from fiftyone_qdrant.errors import CollectionNotFoundError
 from fiftyone_qdrant.server import ServerStore
 

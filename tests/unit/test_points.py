@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fiftyone_qdrant import build, points
-from fiftyone_qdrant.engine import PointRecord
+from fiftyone_qdrant.store import PointRecord
 from fiftyone_qdrant.errors import InvalidInputError
 
 OID = "65a1b2c3d4e5f60718293a4b"
