@@ -162,3 +162,24 @@ def test_repeated_ids_never_take_the_place_of_others(corpus):
 def test_unique_hits_keep_the_best_of_each_id():
     hits = [("a", 3), ("b", 2), ("a", 1), ("c", 0)]
     assert planner.unique_hits(hits, hit_key) == [("a", 3), ("b", 2), ("c", 0)]
+
+
+def test_a_tenth_of_the_index_takes_one_small_search(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][::10]  # 10%: over the bound, so it is not listed in full
+    results = planner.search_unlisted(
+        engine.run, K, N, 20, lambda limit: view[:limit], set(view).intersection, set, hit_key, 3
+    )
+    assert engine.calls == [(planner.CANDIDATES_PER_HIT * K + 16, None)]
+    assert keys_of(results) == expected(engine, view, K)
+
+
+def test_a_view_just_over_the_bound_takes_more_searches_and_is_still_exact(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][::25]  # 24 ids, bound 20: 4% of the index
+    results = planner.search_unlisted(
+        engine.run, K, N, 20, lambda limit: view[:limit], set(view).intersection, set, hit_key, 3
+    )
+    limits = [limit for limit, _ in engine.calls]
+    assert len(limits) >= 2 and limits == sorted(limits)
+    assert keys_of(results) == expected(engine, view, K)
