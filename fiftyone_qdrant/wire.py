@@ -15,6 +15,7 @@ service adds to Qdrant's API are named here too, for both ends.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -30,11 +31,17 @@ SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
 _LEN, _VARINT, _I64 = 2, 0, 1
 
 
+@functools.lru_cache(maxsize=None)
 def _tag(number: int, wire_type: int) -> bytes:
     return _varint((number << 3) | wire_type)
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]  # most lengths and tags of a point
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     if value < 0:
         value += 1 << 64
     out = bytearray()
