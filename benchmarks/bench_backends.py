@@ -64,8 +64,8 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 
 def fiftyone_kwargs(engine: str, root: str, rep: int) -> dict:
     where = os.path.join(root, "%s-%d" % (engine, rep))
-    if engine == "qdrant":
-        return {"path": where}
+    if engine == "qdrant":  # one store, as a user has (its service starts once: bench_service.py times that)
+        return {"path": os.path.join(root, "qdrant")}
     if engine == "lancedb":
         return {"uri": where}
     if engine == "milvus":
