@@ -71,6 +71,12 @@ def caller_compute_similarity_args(levels_up: int = 1) -> Optional[Dict[str, Any
     return compute_similarity_args(sys._getframe(levels_up + 1))
 
 
+def running_compute_similarity_args() -> Optional[Dict[str, Any]]:
+    """:func:`compute_similarity_args` of the innermost
+    ``compute_similarity`` running anywhere above the caller."""
+    return compute_similarity_args(sys._getframe(2), max_hops=None)
+
+
 @dataclasses.dataclass(frozen=True)
 class ViewState:
     """What ``SimilarityIndex.use_view()`` recorded."""

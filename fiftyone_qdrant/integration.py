@@ -162,9 +162,9 @@ class ReloadableModelWarningFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if disabled() or not str(record.msg).startswith(self.MESSAGE):
             return True
-        from fiftyone_qdrant.brain_internals import compute_similarity_args
+        from fiftyone_qdrant.brain_internals import running_compute_similarity_args
 
-        args = compute_similarity_args(sys._getframe(1), max_hops=None)
+        args = running_compute_similarity_args()
         if args is None:
             return True
         backend = args.get("backend")
