@@ -353,6 +353,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._field_is_source = False
         self._interrupted = False
         self._known_dimension: Optional[int] = None
+        self._view_sizes: Dict[str, int] = {}  # how many ids a view listed last (a hint: see planner)
         super().__init__(samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         self._initialize()
@@ -685,9 +686,18 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
         view = self._lazy_view(k, score_threshold)
         if view is not None:
+            view_key = str(view._pipeline())
+
+            def list_ids(limit: int) -> List[str]:
+                listed = views.collect_view_ids(view, limit=limit)
+                self._view_sizes[view_key] = len(listed)
+                while len(self._view_sizes) > 64:  # the App's recent views
+                    self._view_sizes.pop(next(iter(self._view_sizes)))
+                return listed
+
             results = planner.search_unlisted(
-                run, want, total, bound, lambda limit: views.collect_view_ids(view, limit=limit),
-                views.members_of(view), restrict, hit_key, len(vectors),
+                run, want, total, bound, list_ids, views.members_of(view), restrict, hit_key, len(vectors),
+                speculate=self._view_sizes.get(view_key, 0) > bound,
             )
             if results is not None:
                 return results

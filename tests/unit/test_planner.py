@@ -8,6 +8,7 @@ import pytest
 from fiftyone_qdrant import planner
 
 N, DIM, K = 600, 8, 10
+SPECULATIVE = planner.CANDIDATES_PER_HIT * K + 16  # the first search of a view too large to filter
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,12 @@ def test_an_unlisted_view_under_the_bound_is_listed_and_filtered(corpus):
     assert listed_limits == [21] and engine.calls == [(K, 15)]
     assert keys_of(results) == expected(engine, view, K)
 
+    # told it was large, it searches while listing, then drops that search for the filtered one
+    engine.calls.clear()
+    again = planner.search_unlisted(engine.run, K, N, 20, list_ids, set(view).intersection, set, hit_key, 3,
+                                    speculate=True)
+    assert sorted(engine.calls) == [(K, 15), (SPECULATIVE, None)] and again == results
+
 
 def test_an_unlisted_large_view_is_tested_not_listed(corpus):
     engine = Engine(*corpus)
@@ -164,13 +171,15 @@ def test_unique_hits_keep_the_best_of_each_id():
     assert planner.unique_hits(hits, hit_key) == [("a", 3), ("b", 2), ("c", 0)]
 
 
-def test_a_tenth_of_the_index_takes_one_small_search(corpus):
+@pytest.mark.parametrize("speculate", [False, True])
+def test_a_tenth_of_the_index_takes_one_small_search(corpus, speculate):
     engine = Engine(*corpus)
     view = corpus[0][::10]  # 10%: over the bound, so it is not listed in full
     results = planner.search_unlisted(
-        engine.run, K, N, 20, lambda limit: view[:limit], set(view).intersection, set, hit_key, 3
+        engine.run, K, N, 20, lambda limit: view[:limit], set(view).intersection, set, hit_key, 3,
+        speculate=speculate,
     )
-    assert engine.calls == [(planner.CANDIDATES_PER_HIT * K + 16, None)]
+    assert engine.calls == [(SPECULATIVE, None)]  # made while listing, or after
     assert keys_of(results) == expected(engine, view, K)
 
 
