@@ -124,6 +124,14 @@ def test_raw_id_listing_matches_values_order(dataset_factory):
         assert sorted(idmap.collect_view_ids(view, limit=10**5)) == sorted(view.values("id"))
     assert idmap.collect_view_ids(dataset.limit(0), limit=10) == []
 
+    # membership, matched on _id first for views of per-sample stages and
+    # after the view otherwise: what view.select() answers, either way
+    probe = dataset.take(60, seed=5).values("id") + ["0" * 24, "not-an-id"]
+    for view in views + [dataset.match(F("rank") < 100).select_fields("rank").exists("rank")]:
+        expected = set(view.select([i for i in probe if len(i) == 24]).values("id"))
+        assert idmap.members_of(view)(probe) == expected
+    assert idmap.members_of(dataset)([]) == set()
+
     # documents of another shape are decoded normally (the slow path)
     coll = dataset._sample_collection
     as_text = [{"$project": {"_id": {"$toString": "$_id"}}}]
