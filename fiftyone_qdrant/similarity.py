@@ -492,8 +492,9 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         input raises before anything is written."""
         policy = build.AddPolicy(overwrite=overwrite, allow_existing=allow_existing, warn_existing=warn_existing)
         batches = build.array_batches(embeddings, sample_ids, label_ids)
+        total = len(sample_ids) if isinstance(sample_ids, (list, tuple, np.ndarray)) else None  # ids may be any iterable
         try:
-            build.write(self, batches, policy=policy, rows=batch_size, progress=progress, total=len(batches[0]))
+            build.write(self, batches, policy=policy, rows=batch_size, progress=progress, total=total)
         except Exception:
             self._forget_failed_build()
             raise

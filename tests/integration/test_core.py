@@ -245,7 +245,8 @@ def test_add_remove_and_get_embeddings(dataset_factory, store_path):
     X = random_embeddings(2500, 8, seed=6)
     index = build(dataset.limit(2000), X[:2000], store_path)
 
-    index.add_to_index(X[2000:], ids[2000:])
+    index.add_to_index(X[2000:2400], ids[2000:2400])
+    index.add_to_index(X[2400:], (i for i in ids[2400:]))  # ids may be any iterable
     assert index.total_index_size == 2500
 
     # more ids than one page, in the caller's order
