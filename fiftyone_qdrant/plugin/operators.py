@@ -16,7 +16,7 @@
 Sorting by similarity (selected samples or patches, or a text prompt) needs
 no operator of ours: the App's own similarity search runs
 ``sort_by_similarity()`` in the App server, which loads our index (see
-``fiftyone_qdrant._bootstrap``).
+``fiftyone_qdrant.integration``).
 
 Every operator also runs outside the App, e.g.::
 
