@@ -26,7 +26,7 @@ from . import points
 from . import records
 from .batches import EmbeddingBatch, EmbeddingFailure, format_failures
 from .errors import ConfigError, DimensionMismatchError, InvalidInputError, QdrantBackendError
-from .views import check_ids_in_dataset
+from .views import check_ids_in_dataset, count_rows
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class FieldBatches(Iterator[EmbeddingBatch]):
         self.samples_per_batch = samples_per_batch
         self.failures: List[EmbeddingFailure] = []
         self._ids = samples.values("id")
-        self.total = len(self._ids) if patches_field is None else _count_labels(samples, patches_field)
+        self.total = count_rows(samples, patches_field)
         self._batches = self._generate()
 
     def __next__(self) -> EmbeddingBatch:
@@ -157,11 +157,6 @@ class FieldBatches(Iterator[EmbeddingBatch]):
             )
             if len(embeddings):
                 yield EmbeddingBatch(embeddings=embeddings, sample_ids=sample_ids, label_ids=label_ids)
-
-
-def _count_labels(samples, patches_field: str) -> int:
-    _, path = samples._get_label_field_path(patches_field, "id")
-    return samples.count(path)
 
 
 # -- checks --------------------------------------------------------------------

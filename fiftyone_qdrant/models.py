@@ -70,6 +70,7 @@ import fiftyone.utils.patches as foup
 import fiftyone.utils.torch as fout
 
 from .batches import EmbeddingBatch, EmbeddingFailure, format_failures
+from .views import count_rows
 
 logger = logging.getLogger(__name__)
 
@@ -845,7 +846,7 @@ class EmbeddingBatchIterator(Iterator[EmbeddingBatch]):
         self.skip_failures = skip_failures
         self.num_embedded = 0
         self.num_skipped = 0
-        self.total = _count_rows(samples, patches_field, self.patch_label_type)
+        self.total = count_rows(samples, patches_field)
         self._batches = self._generate()
 
     def __next__(self) -> EmbeddingBatch:
@@ -1044,13 +1045,6 @@ def _patch_label_type(samples, patches_field: str) -> type:
             % (patches_field, label_type.__name__ if label_type else field)
         )
     return label_type
-
-
-def _count_rows(samples, patches_field: Optional[str], label_type: Optional[type]) -> int:
-    if patches_field is None:
-        return len(samples)
-    list_attribute = _LIST_ATTRIBUTES.get(label_type)
-    return samples.count("%s.%s" % (patches_field, list_attribute) if list_attribute else patches_field)
 
 
 def _labels_of(label) -> List[fol.Label]:

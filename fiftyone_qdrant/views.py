@@ -132,3 +132,12 @@ def check_ids_in_dataset(dataset, sample_ids: List[str]) -> None:
                 "%d sample id(s) (eg %s) are not in dataset '%s'; an index holds embeddings of "
                 "its own dataset's samples only" % (len(missing), sorted(missing)[0], dataset.name)
             )
+
+
+def count_rows(samples, patches_field: Optional[str] = None) -> int:
+    """How many rows a build of ``samples`` has: its samples, or the labels
+    of its ``patches_field`` (each object of a list field)."""
+    if patches_field is None:
+        return len(samples)
+    _, path = samples._get_label_field_path(patches_field, "id")
+    return samples.count(path)

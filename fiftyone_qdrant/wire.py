@@ -20,6 +20,7 @@ import struct
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+from qdrant_client.conversions.conversion import json_to_value, value_to_json
 
 # Extension headers of the local service (see fiftyone_qdrant.service);
 # servers and other clients ignore them
@@ -77,8 +78,6 @@ def _value(value: Any) -> bytes:
         return _tag(_VALUE_INT, _VARINT) + _varint(value)
     if isinstance(value, float):
         return _tag(_VALUE_DOUBLE, _I64) + struct.pack("<d", value)
-    from qdrant_client.conversions.conversion import json_to_value
-
     return json_to_value(value).SerializeToString()
 
 
@@ -136,8 +135,6 @@ def payload_from_grpc(entries) -> Dict[str, Any]:
     """A point's protobuf payload map as JSON; strings (ids) without
     qdrant-client's generic conversion, which costs more than the rest of
     decoding a point."""
-    from qdrant_client.conversions.conversion import value_to_json
-
     out = {}
     for key, value in entries.items():
         out[key] = value.string_value if value.WhichOneof("kind") == "string_value" else value_to_json(value)
