@@ -143,9 +143,9 @@ def search_unlisted(
     # costs ~20 us to send and read, and an HNSW search's ef grows with
     # them); a smaller view takes a search or two more, each 4x larger
     limit = min(total, math.ceil(want * total / bound * 2) + 16, CANDIDATES_PER_HIT * want + 16)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fiftyone-qdrant-search")
+    pool = concurrent.futures.ThreadPoolExecutor(1, "fiftyone-qdrant-search") if speculate else None
     try:
-        first = pool.submit(run, limit) if speculate else None
+        first = pool.submit(run, limit) if pool is not None else None
         listed = list_ids(bound + 1)
         if not listed:
             return [[] for _ in range(num_queries)]
@@ -154,7 +154,8 @@ def search_unlisted(
         first_hits = first.result() if first is not None else None
         return oversample(run, want, total, limit, members, hit_key, max_rounds=3, first_hits=first_hits)
     finally:
-        pool.shutdown(wait=False)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def oversample(
