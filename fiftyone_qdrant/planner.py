@@ -19,7 +19,6 @@ Hits are any objects; ``hit_key(hit)`` gives the FiftyOne id they stand for.
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
@@ -121,7 +120,7 @@ def search_unlisted(
     restrict: Restrict,
     hit_key: HitKey,
     num_queries: int,
-    speculate: bool = False,
+    seen_large: bool = False,
 ) -> Optional[Hits]:
     """Top-``want`` hits per query within a view whose ids are not listed.
 
@@ -133,29 +132,26 @@ def search_unlisted(
     view's size. Returns None if three searches are not enough (a view
     mostly outside the index), for the caller to list the view's ids.
 
-    With ``speculate`` (the view was too large to filter last time), the
-    first oversampled search runs while MongoDB lists the view, so a large
-    view pays for the longer of the two, not their sum (at 100k x 512,
-    exhaustive: ~34 ms and ~15 ms); if the view turns out small, that
-    search is dropped, and it would have slowed the filtered one."""
+    With ``seen_large`` (the view was too large to filter last time: the
+    App sorts one view again and again), the view is not listed at all:
+    oversampling is exact for a view of any size, and listing cost a 10%
+    view of 100k ~15-20 ms of a ~35 ms query. Should the view have shrunk
+    so that three searches find too few, it is listed as for a new view."""
     # candidates enough for a view of 5% or more in one search (a 10% view
     # was 2.6x the whole-dataset query with 816 candidates at 100k: each
     # costs ~20 us to send and read, and an HNSW search's ef grows with
     # them); a smaller view takes a search or two more, each 4x larger
     limit = min(total, math.ceil(want * total / bound * 2) + 16, CANDIDATES_PER_HIT * want + 16)
-    pool = concurrent.futures.ThreadPoolExecutor(1, "fiftyone-qdrant-search") if speculate else None
-    try:
-        first = pool.submit(run, limit) if pool is not None else None
-        listed = list_ids(bound + 1)
-        if not listed:
-            return [[] for _ in range(num_queries)]
-        if len(listed) <= bound:
-            return run(min(want, len(listed)), restrict(listed))
-        first_hits = first.result() if first is not None else None
-        return oversample(run, want, total, limit, members, hit_key, max_rounds=3, first_hits=first_hits)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False)
+    if seen_large:
+        hits = oversample(run, want, total, limit, members, hit_key, max_rounds=3)
+        if hits is not None:
+            return hits
+    listed = list_ids(bound + 1)
+    if not listed:
+        return [[] for _ in range(num_queries)]
+    if len(listed) <= bound:
+        return run(min(want, len(listed)), restrict(listed))
+    return oversample(run, want, total, limit, members, hit_key, max_rounds=3)
 
 
 def oversample(
@@ -166,10 +162,8 @@ def oversample(
     members: Members,
     hit_key: HitKey,
     max_rounds: Optional[int] = None,
-    first_hits: Optional[Hits] = None,
 ) -> Optional[Hits]:
-    """Top-``want`` in-view hits per query from ``run(limit)`` hits
-    (``first_hits``: those of the first search, already made).
+    """Top-``want`` in-view hits per query from ``run(limit)`` hits.
 
     Candidates are checked best first and a few at a time (a check may be a
     MongoDB round trip), about as many as the in-view rate seen so far
@@ -178,7 +172,7 @@ def oversample(
     in_view: Dict[str, bool] = {}
     rounds = 0
     while True:
-        all_hits = first_hits if rounds == 0 and first_hits is not None else run(limit)
+        all_hits = run(limit)
         longest = max((len(hits) for hits in all_hits), default=0)
         checked, step = 0, 16 * want + 16  # enough for views over ~10%
         while True:

@@ -698,7 +698,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
             results = planner.search_unlisted(
                 run, want, total, bound, list_ids, views.members_of(view), restrict, hit_key, len(vectors),
-                speculate=self._view_sizes.get(view_key, 0) > bound,
+                seen_large=self._view_sizes.get(view_key, 0) > bound,
             )
             if results is not None:
                 return results

@@ -8,7 +8,7 @@ import pytest
 from fiftyone_qdrant import planner
 
 N, DIM, K = 600, 8, 10
-SPECULATIVE = planner.CANDIDATES_PER_HIT * K + 16  # the first search of a view too large to filter
+FIRST = planner.CANDIDATES_PER_HIT * K + 16  # the first search of a view too large to filter
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +129,22 @@ def test_an_unlisted_view_under_the_bound_is_listed_and_filtered(corpus):
     assert listed_limits == [21] and engine.calls == [(K, 15)]
     assert keys_of(results) == expected(engine, view, K)
 
-    # told it was large, it searches while listing, then drops that search for the filtered one
+    # told it was large (it has shrunk since), it is not listed: oversampling
+    # grows until the whole index is searched, still exact
     engine.calls.clear()
+    listed_limits.clear()
     again = planner.search_unlisted(engine.run, K, N, 20, list_ids, set(view).intersection, set, hit_key, 3,
-                                    speculate=True)
-    assert sorted(engine.calls) == [(K, 15), (SPECULATIVE, None)] and again == results
+                                    seen_large=True)
+    assert engine.calls == [(FIRST, None), (N, None)] and listed_limits == [] and again == results
+
+    # where three searches cannot find k of it (5 ids, in an index they do
+    # not cover), it is listed after all
+    engine.calls.clear()
+    few = view[:5]
+    again = planner.search_unlisted(engine.run, K, 100 * N, 20, lambda limit: few[:limit], set(few).intersection,
+                                    set, hit_key, 3, seen_large=True)
+    assert [limit for limit, _ in engine.calls] == [FIRST, 4 * FIRST, 16 * FIRST, 5]
+    assert engine.calls[-1] == (5, 5) and keys_of(again) == expected(engine, few, K)
 
 
 def test_an_unlisted_large_view_is_tested_not_listed(corpus):
@@ -171,15 +182,21 @@ def test_unique_hits_keep_the_best_of_each_id():
     assert planner.unique_hits(hits, hit_key) == [("a", 3), ("b", 2), ("c", 0)]
 
 
-@pytest.mark.parametrize("speculate", [False, True])
-def test_a_tenth_of_the_index_takes_one_small_search(corpus, speculate):
+@pytest.mark.parametrize("seen_large", [False, True])
+def test_a_tenth_of_the_index_takes_one_small_search(corpus, seen_large):
     engine = Engine(*corpus)
     view = corpus[0][::10]  # 10%: over the bound, so it is not listed in full
+    listed_limits = []
+
+    def list_ids(limit):
+        listed_limits.append(limit)
+        return view[:limit]
+
     results = planner.search_unlisted(
-        engine.run, K, N, 20, lambda limit: view[:limit], set(view).intersection, set, hit_key, 3,
-        speculate=speculate,
+        engine.run, K, N, 20, list_ids, set(view).intersection, set, hit_key, 3, seen_large=seen_large,
     )
-    assert engine.calls == [(SPECULATIVE, None)]  # made while listing, or after
+    assert engine.calls == [(FIRST, None)]
+    assert listed_limits == ([] if seen_large else [21])  # a view seen large is not listed again
     assert keys_of(results) == expected(engine, view, K)
 
 
