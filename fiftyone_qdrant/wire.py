@@ -104,7 +104,6 @@ def encode_upsert(
     """The serialized ``UpsertPoints`` of dense float32 rows."""
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
     row_bytes = vectors.shape[1] * 4
-    raw = memoryview(vectors.tobytes())
     # DenseVector{data} inside Vector.dense, the same head for every row
     dense_head = _tag(1, _LEN) + _varint(row_bytes)
     vector_len = len(dense_head) + row_bytes
@@ -122,13 +121,88 @@ def encode_upsert(
         vectors_head = _tag(4, _LEN) + _varint(len(_tag(1, _LEN)) + len(_varint(inner_len)) + inner_len)
         vectors_head += _tag(1, _LEN) + _varint(inner_len) + vector_head
     parts: List[bytes] = [_len_field(1, collection_name.encode()), _tag(2, _VARINT) + (b"\x01" if wait else b"\x00")]
-    points_tag = _tag(3, _LEN)
+    vector_column = vectors.view(np.uint8).reshape(len(vectors), row_bytes)
+    columnar = _encode_columns(point_ids, payloads, vectors_head, vector_column)
+    if columnar is not None:
+        parts.append(columnar)
+        return b"".join(parts)
+    points_tag, raw = _tag(3, _LEN), memoryview(vectors.tobytes())
     for row, (point_id, payload) in enumerate(zip(point_ids, payloads)):
         head = _point_id(point_id) + (_payload(payload) if payload else b"")
         body_len = len(head) + len(vectors_head) + row_bytes
         parts.append(points_tag + _varint(body_len) + head + vectors_head)
         parts.append(raw[row * row_bytes : (row + 1) * row_bytes])
     return b"".join(parts)
+
+
+# -- every point alike: one numpy fill per field --------------------------------
+
+
+def _text_column(values: Sequence[Any]) -> Optional[np.ndarray]:
+    """``values`` as an (n, width) byte array if all are ASCII strings of one width."""
+    if not values or not all(type(v) is str for v in values):
+        return None
+    width = len(values[0])
+    joined = "".join(values)
+    if len(joined) != width * len(values) or not joined.isascii() or any(len(v) != width for v in values):
+        return None
+    return np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(len(values), width)
+
+
+def _payload_segments(payloads: Sequence[Dict[str, Any]]) -> Optional[List[Any]]:
+    """The payload part of every point as constant bytes and byte columns,
+    or None unless all payloads have the same keys in the same order, each
+    holding ASCII strings of one width or floats."""
+    keys = tuple(payloads[0])
+    if any(len(p) != len(keys) for p in payloads):
+        return None
+    segments: List[Any] = []
+    for key in keys:
+        try:
+            values = [p[key] for p in payloads]
+        except KeyError:
+            return None
+        column = _text_column(values)
+        if column is not None:
+            value_head = _tag(_VALUE_STRING, _LEN) + _varint(column.shape[1])
+        elif all(type(v) is float for v in values):
+            column = np.array(values, dtype="<f8").view(np.uint8).reshape(len(values), 8)
+            value_head = _tag(_VALUE_DOUBLE, _I64)
+        else:
+            return None
+        value_len = len(value_head) + column.shape[1]
+        entry = _len_field(1, key.encode()) + _tag(2, _LEN) + _varint(value_len)
+        segments += [_tag(3, _LEN) + _varint(len(entry) + value_len) + entry + value_head, column]
+    return segments
+
+
+def _encode_columns(point_ids, payloads, vectors_head: bytes, vector_column: np.ndarray) -> Optional[bytes]:
+    """Every ``PointStruct`` at once when all points are laid out alike
+    (UUID ids of one width, payloads as in :func:`_payload_segments`: what
+    an index writes): a template row filled column by column with numpy,
+    ~0.5 us a point against ~9 us point by point. None otherwise."""
+    ids = _text_column(point_ids)
+    if ids is None or len(payloads) != len(ids):
+        return None
+    id_inner = _tag(_POINT_ID_UUID, _LEN) + _varint(ids.shape[1])
+    segments: List[Any] = [_tag(1, _LEN) + _varint(len(id_inner) + ids.shape[1]) + id_inner, ids]
+    if payloads[0]:
+        payload = _payload_segments(payloads)
+        if payload is None:
+            return None
+        segments += payload
+    elif any(payloads):
+        return None
+    segments += [vectors_head, vector_column]
+    body_len = sum(len(s) if isinstance(s, bytes) else s.shape[1] for s in segments)
+    segments.insert(0, _tag(3, _LEN) + _varint(body_len))
+    out = np.empty((len(ids), body_len + len(segments[0])), dtype=np.uint8)
+    at = 0
+    for segment in segments:
+        column = np.frombuffer(segment, dtype=np.uint8) if isinstance(segment, bytes) else segment
+        out[:, at : at + column.shape[-1]] = column
+        at += column.shape[-1]
+    return out.tobytes()
 
 
 def payload_from_grpc(entries) -> Dict[str, Any]:
