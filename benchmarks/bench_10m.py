@@ -100,28 +100,34 @@ def process_memory_mb(pid: int) -> Dict[str, float]:
     return out
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of ``pid`` and its children (the service and its indexer)."""
-    total = 0.0
+def tree_memory_mb(pid: int) -> Dict[str, float]:
+    """Memory of ``pid`` and its children (the service and its indexer)."""
+    total = {"VmRSS": 0.0, "RssAnon": 0.0}
     try:
         children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
         for p in [pid] + [int(c) for c in children]:
-            total += process_memory_mb(p).get("VmRSS", 0.0)
+            memory = process_memory_mb(p)
+            for key in total:
+                total[key] += memory.get(key, 0.0)
     except (FileNotFoundError, ProcessLookupError):
         pass
     return total
 
 
 class PeakSampler(threading.Thread):
+    """Peak RSS (all, and anonymous: what cannot be paged back to the
+    files it maps) while the service builds its HNSW copy."""
+
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+        self.pid, self.peak, self._stop = pid, {"VmRSS": 0.0, "RssAnon": 0.0}, threading.Event()
 
     def run(self) -> None:
         while not self._stop.wait(1.0):
-            self.peak = max(self.peak, tree_rss_mb(self.pid))
+            for key, value in tree_memory_mb(self.pid).items():
+                self.peak[key] = max(self.peak[key], value)
 
-    def stop(self) -> float:
+    def stop(self) -> Dict[str, float]:
         self._stop.set()
         return self.peak
 
@@ -170,25 +176,34 @@ def measure(store, root: str, name: str, n: int, queries: np.ndarray, truth_ids:
     sampler.start()
     index_s = wait_indexed(store, name, n, args.index_timeout)
     peak = sampler.stop()
-    params = {"quantization": dict(QUANTIZED_SEARCH_DEFAULTS)} if QUANTIZATION[args.quantization] else None
-    latencies, recalls = [], []
-    for q, truth in zip(queries, truth_ids):
-        start = time.perf_counter()
-        hits = store.query_batch(name, q[np.newaxis, :], K, search_params=params, with_payload=False)[0]
-        latencies.append(time.perf_counter() - start)
-        found = {int(points.from_point_id(h.id), 16) for h in hits}
-        recalls.append(len(found & set(truth.tolist())) / K)
+    base = {"quantization": dict(QUANTIZED_SEARCH_DEFAULTS)} if QUANTIZATION[args.quantization] else {}
+    first = None
+    by_ef = {}
+    for ef in [None] + [int(e) for e in filter(None, args.hnsw_ef.split(","))]:
+        params = dict(base, **({"hnsw_ef": ef} if ef else {})) or None
+        latencies, recalls = [], []
+        for q, truth in zip(queries, truth_ids):
+            start = time.perf_counter()
+            hits = store.query_batch(name, q[np.newaxis, :], K, search_params=params, with_payload=False)[0]
+            latencies.append(time.perf_counter() - start)
+            found = {int(points.from_point_id(h.id), 16) for h in hits}
+            recalls.append(len(found & set(truth.tolist())) / K)
+        lat = np.array(latencies[3:]) * 1000  # the first few warm the caches
+        by_ef[str(ef or "default")] = {"p50_ms": round(float(np.median(lat)), 2),
+                                       "p95_ms": round(float(np.percentile(lat, 95)), 2),
+                                       "recall_at_10": round(float(np.mean(recalls)), 4)}
+        first = first or by_ef["default"]
     memory = process_memory_mb(pid)
-    lat = np.array(latencies[3:]) * 1000  # the first few warm the caches
-    return {"n": n, "index_wait_s": round(index_s, 1), "p50_ms": round(float(np.median(lat)), 2),
-            "p95_ms": round(float(np.percentile(lat, 95)), 2), "recall_at_10": round(float(np.mean(recalls)), 4),
+    return {"n": n, "index_wait_s": round(index_s, 1), **first, "by_hnsw_ef": by_ef,
             "rss_mb": round(memory["VmRSS"]), "rss_anon_mb": round(memory["RssAnon"]),
-            "rss_file_mb": round(memory["RssFile"]), "peak_rss_mb": round(peak), "disk_mb": round(disk_mb(root))}
+            "rss_file_mb": round(memory["RssFile"]), "peak_rss_mb": round(peak["VmRSS"]),
+            "peak_rss_anon_mb": round(peak["RssAnon"]), "disk_mb": round(disk_mb(root))}
 
 
 def project(rows: List[dict], target: int) -> Optional[dict]:
     """``target`` from the largest N measured: memory and disk per vector
-    (linear), the HNSW build as n log n, latency as log n (HNSW's hops)."""
+    (linear; the peak is the service and its indexing child during a
+    rebuild), the HNSW build as n log n, latency as log n (HNSW's hops)."""
     if not rows:
         return None
     last = rows[-1]
@@ -197,6 +212,7 @@ def project(rows: List[dict], target: int) -> Optional[dict]:
     return {
         "from_n": n, "target": target,
         "rss_anon_gb": round(last["rss_anon_mb"] * scale / 1024, 1),
+        "peak_rss_anon_gb": round(last.get("peak_rss_anon_mb", 0) * scale / 1024, 1),
         "disk_gb": round(last["disk_mb"] * scale / 1024, 1),
         "index_h": round(last["index_wait_s"] * scale * math.log(target) / math.log(n) / 3600, 1),
         "upload_h": round(build * scale / 3600, 2),
@@ -217,6 +233,11 @@ def main(argv=None) -> int:
     parser.add_argument("--state", default=None, help="default: <store>/bench_state.json")
     parser.add_argument("--budget-s", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--index-timeout", type=float, default=4 * 3600)
+    parser.add_argument("--hnsw-ef", default="128,256,512",
+                        help="hnsw_ef values also measured at each checkpoint (after the default's)")
+    parser.add_argument("--project-to", type=int, default=10_000_000, help="the N to project the last checkpoint to")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure the last checkpoint again (a warm service; new --hnsw-ef values)")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -246,7 +267,24 @@ def main(argv=None) -> int:
         store.create_collection(name, spec, {}, keyword_fields=["sample_id"])
     print("store %s: %d of %d vectors written, checkpoints %s" % (args.store, state["n"], args.target, checkpoints),
           flush=True)
+    def measure_if_due() -> None:
+        n = state["n"]
+        if (n in checkpoints or n == args.target) and n not in {r["n"] for r in state["rows"]}:
+            row = measure(store, args.store, name, n, queries, truth_ids, args)
+            row.update(build_facts, build_s_total=round(state["build_s_total"], 1))
+            state["rows"].append(row)
+            save_state(state_path, state)
+            print("  checkpoint %s" % row, flush=True)
+
+    build_facts = {}  # what a new measurement cannot see again: the build's
+    if args.remeasure:
+        for r in [r for r in state["rows"] if r["n"] == state["n"]]:
+            build_facts = {k: r[k] for k in ("index_wait_s", "peak_rss_mb", "peak_rss_anon_mb") if k in r}
+            build_facts.update(first_p50_ms=r.get("first_p50_ms", r["p50_ms"]),
+                               rss_anon_after_swap_mb=r.get("rss_anon_after_swap_mb", r["rss_anon_mb"]))
+            state["rows"].remove(r)
     try:
+        measure_if_due()  # a run stopped while waiting for the index
         while state["n"] < args.target:
             if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
                 print("time budget spent: run the same command again to go on from %d" % state["n"])
@@ -265,12 +303,7 @@ def main(argv=None) -> int:
             state["build_s_total"] = state.get("build_s_total", 0.0) + upload_s
             save_state(state_path, state)
             print("  %9d vectors (+%d in %.1f s, %.0f vec/s)" % (state["n"], size, upload_s, size / upload_s), flush=True)
-            if state["n"] in checkpoints or state["n"] == args.target:
-                row = measure(store, args.store, name, state["n"], queries, truth_ids, args)
-                row["build_s_total"] = round(state["build_s_total"], 1)
-                state["rows"].append(row)
-                save_state(state_path, state)
-                print("  checkpoint %s" % row, flush=True)
+            measure_if_due()
     finally:
         store.close()
         local.stop_service(args.store)  # flushed; the next run starts it again
@@ -279,15 +312,20 @@ def main(argv=None) -> int:
     print("\n%s quantization, originals %s; p50/p95 after the background HNSW build"
           % (args.quantization, "on disk" if config["on_disk"] else "in RAM"))
     print("| N | upload, vec/s | HNSW build wait, s | p50 ms | p95 ms | recall@10 | RSS anon / file MB "
-          "| peak RSS (with indexer) MB | disk MB |")
+          "| peak RSS with the indexer, all / anon MB | disk MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print("| %d | %.0f | %.0f | %.1f | %.1f | %.3f | %d / %d | %d | %d |" % (
+        print("| %d | %.0f | %.0f | %.1f | %.1f | %.3f | %d / %d | %d / %s | %d |" % (
             r["n"], r["n"] / r["build_s_total"], r["index_wait_s"], r["p50_ms"], r["p95_ms"], r["recall_at_10"],
-            r["rss_anon_mb"], r["rss_file_mb"], r["peak_rss_mb"], r["disk_mb"]))
-    projection = project(rows, args.target)
-    if projection and projection["from_n"] < args.target:
-        print("\nprojected to %(target)d from %(from_n)d: RSS (anon) %(rss_anon_gb)s GB, disk %(disk_gb)s GB, "
+            r["rss_anon_mb"], r["rss_file_mb"], r["peak_rss_mb"], r.get("peak_rss_anon_mb", "-"), r["disk_mb"]))
+    for r in rows:
+        if r.get("by_hnsw_ef"):
+            print("  N = %d by hnsw_ef: %s" % (r["n"], ", ".join(
+                "%s: p50 %.1f ms, recall %.3f" % (ef, m["p50_ms"], m["recall_at_10"]) for ef, m in r["by_hnsw_ef"].items())))
+    projection = project(rows, args.project_to)
+    if projection and projection["from_n"] < args.project_to:
+        print("\nprojected to %(target)d from %(from_n)d: RSS (anon) %(rss_anon_gb)s GB, %(peak_rss_anon_gb)s GB "
+              "at the peak of a rebuild, disk %(disk_gb)s GB, "
               "upload %(upload_h)s h, HNSW build %(index_h)s h, p50 ~%(p50_ms)s ms" % projection)
     os.makedirs(RESULTS_DIR, exist_ok=True)
     out = os.path.join(RESULTS_DIR, "%s_10m.json" % datetime.date.today().isoformat())

@@ -234,7 +234,8 @@ def plot(results, path: str) -> None:
     for engine in engines:
         points = [(r["n"], r["engines"][engine]) for r in results if engine in r["engines"]]
         sizes = [n for n, _ in points]
-        build_ax.plot(sizes, [e["build_vectors_per_s"] for _, e in points], marker="o", label=engine)
+        if engine != "numpy":  # nothing to build: a copy
+            build_ax.plot(sizes, [e["build_vectors_per_s"] for _, e in points], marker="o", label=engine)
         query_ax.plot(sizes, [e["by_vector"]["p50_ms"] for _, e in points], marker="o", label=engine)
     build_ax.set(xscale="log", yscale="log", xlabel="N (512-d vectors)", ylabel="build, vectors/s",
                  title="Build throughput (higher is better)")
@@ -267,6 +268,8 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=30, help="timed queries per measure")
     parser.add_argument("--sklearn-max", type=int, default=100000, help="largest N for sklearn")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--plot-with", default="",
+                        help="JSON files of earlier runs (e.g. a 1M run) whose sizes join this run's plot")
     args = parser.parse_args(argv)
 
     bs.start_private_mongod(os.path.join(bs._TMP, "db"))
@@ -281,7 +284,11 @@ def main(argv=None) -> int:
     with open(os.path.join(RESULTS_DIR, stem + ".json"), "w") as f:
         json.dump({"machine": dict(bs.machine_info(), **peer_versions()), "args": vars(args), "results": results},
                   f, indent=1)
-    plot(results, os.path.join(RESULTS_DIR, stem + ".png"))
+    plotted = list(results)
+    for path in filter(None, args.plot_with.split(",")):
+        with open(path) as f:
+            plotted += [r for r in json.load(f)["results"] if r["n"] not in {p["n"] for p in plotted}]
+    plot(sorted(plotted, key=lambda r: r["n"]), os.path.join(RESULTS_DIR, stem + ".png"))
     print("\nwrote %s.json and %s.png in %s" % (stem, stem, RESULTS_DIR))
     return 0
 
