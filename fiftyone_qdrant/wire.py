@@ -56,8 +56,13 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _len_prefix(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited field of ``length`` bytes."""
+    return _tag(number, _LEN) + _varint(length)
+
+
 def _len_field(number: int, payload: bytes) -> bytes:
-    return _tag(number, _LEN) + _varint(len(payload)) + payload
+    return _len_prefix(number, len(payload)) + payload
 
 
 # UpsertPoints.collection_name = 1, wait = 2, points = 3
@@ -105,21 +110,21 @@ def encode_upsert(
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
     row_bytes = vectors.shape[1] * 4
     # DenseVector{data} inside Vector.dense, the same head for every row
-    dense_head = _tag(1, _LEN) + _varint(row_bytes)
+    dense_head = _len_prefix(1, row_bytes)
     vector_len = len(dense_head) + row_bytes
-    vector_head = _tag(101, _LEN) + _varint(vector_len) + dense_head
+    vector_head = _len_prefix(101, vector_len) + dense_head
     vector_msg_len = len(vector_head) + row_bytes
     if vector_name:
         key = _len_field(1, vector_name.encode())
         entry_len = len(key) + len(_tag(2, _LEN)) + len(_varint(vector_msg_len)) + vector_msg_len
-        named_head = _tag(1, _LEN) + _varint(entry_len) + key + _tag(2, _LEN) + _varint(vector_msg_len)
+        named_head = _len_prefix(1, entry_len) + key + _len_prefix(2, vector_msg_len)
         inner_len = len(named_head) + vector_msg_len
-        vectors_head = _tag(4, _LEN) + _varint(len(_tag(2, _LEN)) + len(_varint(inner_len)) + inner_len)
-        vectors_head += _tag(2, _LEN) + _varint(inner_len) + named_head + vector_head
+        vectors_head = _len_prefix(4, len(_len_prefix(2, inner_len)) + inner_len)
+        vectors_head += _len_prefix(2, inner_len) + named_head + vector_head
     else:
         inner_len = vector_msg_len
-        vectors_head = _tag(4, _LEN) + _varint(len(_tag(1, _LEN)) + len(_varint(inner_len)) + inner_len)
-        vectors_head += _tag(1, _LEN) + _varint(inner_len) + vector_head
+        vectors_head = _len_prefix(4, len(_len_prefix(1, inner_len)) + inner_len)
+        vectors_head += _len_prefix(1, inner_len) + vector_head
     parts: List[bytes] = [_len_field(1, collection_name.encode()), _tag(2, _VARINT) + (b"\x01" if wait else b"\x00")]
     vector_column = vectors.view(np.uint8).reshape(len(vectors), row_bytes)
     columnar = _encode_columns(point_ids, payloads, vectors_head, vector_column)
@@ -143,8 +148,10 @@ def _text_column(values: Sequence[Any]) -> Optional[np.ndarray]:
     if not values or not all(type(v) is str for v in values):
         return None
     width = len(values[0])
+    if any(len(v) != width for v in values):
+        return None
     joined = "".join(values)
-    if len(joined) != width * len(values) or not joined.isascii() or any(len(v) != width for v in values):
+    if not joined.isascii():
         return None
     return np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(len(values), width)
 
@@ -164,15 +171,15 @@ def _payload_segments(payloads: Sequence[Dict[str, Any]]) -> Optional[List[Any]]
             return None
         column = _text_column(values)
         if column is not None:
-            value_head = _tag(_VALUE_STRING, _LEN) + _varint(column.shape[1])
+            value_head = _len_prefix(_VALUE_STRING, column.shape[1])
         elif all(type(v) is float for v in values):
             column = np.array(values, dtype="<f8").view(np.uint8).reshape(len(values), 8)
             value_head = _tag(_VALUE_DOUBLE, _I64)
         else:
             return None
         value_len = len(value_head) + column.shape[1]
-        entry = _len_field(1, key.encode()) + _tag(2, _LEN) + _varint(value_len)
-        segments += [_tag(3, _LEN) + _varint(len(entry) + value_len) + entry + value_head, column]
+        entry = _len_field(1, key.encode()) + _len_prefix(2, value_len)
+        segments += [_len_prefix(3, len(entry) + value_len) + entry + value_head, column]
     return segments
 
 
@@ -180,12 +187,13 @@ def _encode_columns(point_ids, payloads, vectors_head: bytes, vector_column: np.
     """Every ``PointStruct`` at once when all points are laid out alike
     (UUID ids of one width, payloads as in :func:`_payload_segments`: what
     an index writes): a template row filled column by column with numpy,
-    ~0.5 us a point against ~9 us point by point. None otherwise."""
+    0.50 us a point against 2.96 point by point (512-d, quiet). None
+    otherwise."""
     ids = _text_column(point_ids)
     if ids is None or len(payloads) != len(ids):
         return None
-    id_inner = _tag(_POINT_ID_UUID, _LEN) + _varint(ids.shape[1])
-    segments: List[Any] = [_tag(1, _LEN) + _varint(len(id_inner) + ids.shape[1]) + id_inner, ids]
+    id_inner = _len_prefix(_POINT_ID_UUID, ids.shape[1])
+    segments: List[Any] = [_len_prefix(1, len(id_inner) + ids.shape[1]) + id_inner, ids]
     if payloads[0]:
         payload = _payload_segments(payloads)
         if payload is None:
@@ -195,7 +203,7 @@ def _encode_columns(point_ids, payloads, vectors_head: bytes, vector_column: np.
         return None
     segments += [vectors_head, vector_column]
     body_len = sum(len(s) if isinstance(s, bytes) else s.shape[1] for s in segments)
-    segments.insert(0, _tag(3, _LEN) + _varint(body_len))
+    segments.insert(0, _len_prefix(3, body_len))
     out = np.empty((len(ids), body_len + len(segments[0])), dtype=np.uint8)
     at = 0
     for segment in segments:
