@@ -7,10 +7,16 @@ does the same work but holds Python's GIL until it is done (minutes for
 100k x 512 on two cores): run inside the service it would freeze every
 request of every collection. So the service:
 
-1. copies the collection, page by page, into a new shard next to the live
-   one (``shard.indexing``), writers and readers getting in between pages;
-2. has a child process (``python -m fiftyone_qdrant.indexing DIR``, at a
-   lower CPU priority) optimize that shard: the GIL it holds is its own;
+1. copies the collection into a new shard next to the live one
+   (``shard.indexing``): the live shard's files, flushed, under a read
+   hold (queries go on, writes wait: ~1 s a GB), so the segments indexed
+   before are kept and only what was written since gets indexed; or, for a
+   new quantization, its points, page by page, into a fresh shard (every
+   segment rebuilt), writers and readers getting in between pages;
+2. has a child process (``python -m fiftyone_qdrant.service --optimize
+   DIR``, at a lower CPU priority, the collection's description on stdin)
+   optimize that shard with the collection's current engine config: the
+   GIL it holds is its own;
 3. swaps it in under the collection's write lock, after replaying from the
    live shard the points written meanwhile (the service tracks their ids;
    a write by filter during the rebuild discards it, to be retried).
@@ -22,6 +28,7 @@ any step leaves the live shard authoritative (see :func:`recover`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -102,6 +109,19 @@ def copy_field_indexes(payload_schema: Dict, target: qe.EdgeShard) -> None:
     """The payload indexes of a shard (its ``info().payload_schema``), on ``target``."""
     for field, info in payload_schema.items():
         target.update(qe.UpdateOperation.create_field_index(field, info.data_type))
+
+
+def directory_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def copy_files(shard: qe.EdgeShard, live: str, target: str, check_space) -> None:
+    """The live shard's files, flushed, as a shard at ``target``: a copy
+    whose indexed segments stay indexed. The caller holds the collection
+    for reading, so that no write changes the files meanwhile."""
+    shard.flush()
+    check_space(directory_bytes(live))  # a full disk must stop it before the engine's memory maps hit it
+    shutil.copytree(live, target)
 
 
 def copy_points(source: qe.EdgeShard, target: qe.EdgeShard, ids=None, lock=None) -> int:
@@ -228,15 +248,18 @@ class Indexer(threading.Thread):
             c = self.store.get(name)
             with c.lock.hold("r"):
                 due = force or needs_index(c, self.threshold_kb(c.description))
-            if not due or self.rebuild(c):
+            if not due or self.rebuild(c, fresh=force):
                 return
         logger.warning("Collection '%s': writes kept interrupting its indexing; it stays exact for now", name)
 
     # -- one rebuild -------------------------------------------------------------
 
-    def rebuild(self, c) -> bool:
-        """Copy, index out of process, swap. False when the copy was spoiled
-        or the collection went away (the live shard is then untouched)."""
+    def rebuild(self, c, fresh: bool = False) -> bool:
+        """Copy, index out of process, swap: the copy is the live shard's
+        files (only what was written since the last rebuild gets indexed),
+        or with ``fresh`` its points in a new shard (every segment rebuilt,
+        as a new quantization needs). False when the copy was spoiled or
+        the collection went away (the live shard is then untouched)."""
         self.busy = True
         work = os.path.join(c.directory, INDEXING_DIR)
         started = time.monotonic()
@@ -249,31 +272,33 @@ class Indexer(threading.Thread):
                 pending = c.pending_vectors
                 info = c.shard.info()
                 fields = dict(info.payload_schema)
-            # the copy needs about the collection's size again (a full disk
-            # must stop it before the engine's memory maps hit it)
-            self.check_space(info.points_count * (vector_bytes(description) + 256))
-            new = qe.EdgeShard.create(work, self.edge_config(description))
-            try:
-                copy_field_indexes(fields, new)
-                copied = copy_points(c.shard, new, lock=c.lock)
-                new.flush()
-            finally:
-                new.close()
+                if not fresh:
+                    copy_files(c.shard, os.path.join(c.directory, LIVE_DIR), work, self.check_space)
+            if fresh:
+                # the copy needs about the collection's size again
+                self.check_space(info.points_count * (vector_bytes(description) + 256))
+                new = qe.EdgeShard.create(work, self.edge_config(description))
+                try:
+                    copy_field_indexes(fields, new)
+                    copy_points(c.shard, new, lock=c.lock)
+                    new.flush()
+                finally:
+                    new.close()
             copy_s = time.monotonic() - started
-            if not self._optimize_out_of_process(work):
+            if not self._optimize_out_of_process(work, description):
                 return False
-            return self._swap(c, work, pending, copied, copy_s, time.monotonic() - started)
+            return self._swap(c, work, pending, info.points_count, copy_s, time.monotonic() - started)
         finally:
             c.tracker = None
             self.busy = False
             shutil.rmtree(work, ignore_errors=True)
 
-    def _optimize_out_of_process(self, work: str) -> bool:
-        child = subprocess.Popen([sys.executable, "-m", "fiftyone_qdrant.indexing", work],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def _optimize_out_of_process(self, work: str, description: Dict) -> bool:
+        child = subprocess.Popen([sys.executable, "-m", "fiftyone_qdrant.service", "--optimize", work],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._child = child
         try:
-            _, err = child.communicate()
+            _, err = child.communicate(json.dumps(description).encode())
         finally:
             self._child = None
         if child.returncode != 0:
@@ -314,22 +339,19 @@ class Indexer(threading.Thread):
         return True
 
 
-def optimize_shard(directory: str) -> int:
+def optimize_shard(directory: str, config: qe.EdgeConfig) -> int:
     """The child process: build the HNSW index (and quantized vectors) of the
-    shard at ``directory``, at low priority so the service's queries and
-    writes keep their CPU."""
+    shard at ``directory`` with the collection's engine ``config`` (its
+    optimizer settings may have changed since the live shard was made), at
+    low priority so the service's queries and writes keep their CPU."""
     try:
         os.nice(10)
     except OSError:
         pass
-    shard = qe.EdgeShard.load(directory)
+    shard = qe.EdgeShard.load(directory, config)
     try:
         shard.optimize()
         shard.flush()
     finally:
         shard.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(optimize_shard(sys.argv[1]))

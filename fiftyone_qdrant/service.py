@@ -1353,11 +1353,16 @@ def serve(root: str, idle_s: Optional[float] = None) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fiftyone_qdrant.service", description=__doc__.split("\n")[0])
-    parser.add_argument("path", help="the store directory")
+    parser.add_argument("path", help="the store directory (with --optimize: a shard copy)")
+    parser.add_argument("--optimize", action="store_true",
+                        help="(the indexer's child) index the shard copy at PATH with the engine config of "
+                        "the collection description read from stdin, and exit")
     parser.add_argument("--idle-s", type=float, default=None,
                         help="seconds without requests (and no client alive) before stopping; default $%s or %g"
                         % (IDLE_S_ENV, DEFAULT_IDLE_S))
     args = parser.parse_args(argv)
+    if args.optimize:
+        return indexing.optimize_shard(args.path, edge_config(json.load(sys.stdin)))
     return serve(args.path, args.idle_s)
 
 

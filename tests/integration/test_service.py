@@ -303,6 +303,56 @@ def test_past_its_threshold_a_collection_is_indexed_in_the_background(store_path
     assert "written by filter (or deleted) while being indexed" in _service_log(store_path)
 
 
+def _hnsw_segments(store_path, name):
+    """The collection's segments that have an HNSW index (as the engine's
+    segment.json says)."""
+    root = os.path.join(store_path, "collections", name, "shard", "segments")
+    indexed = set()
+    for segment in os.listdir(root):
+        with open(os.path.join(root, segment, "segment.json")) as f:
+            if any(v["index"]["type"] == "hnsw" for v in json.load(f)["config"]["vector_data"].values()):
+                indexed.add(segment)
+    return indexed
+
+
+def test_a_rebuild_indexes_only_what_was_written_since_the_last_one(store_path, monkeypatch):
+    """The indexer copies the live shard's files, so the segments an earlier
+    rebuild indexed are kept as they are (same segments) and only the points
+    written since get indexed; the child applies the collection's current
+    optimizer settings (here indexing switched on after the data arrived),
+    and a new quantization rebuilds every segment."""
+    monkeypatch.setenv("FIFTYONE_QDRANT_INDEX_QUIET_S", "0.3")
+    client = ServerStore.local(store_path).client
+    n, d = 6000, 32
+    x = _clustered(2 * n, d, seed=3)
+    client.create_collection("inc", vectors_config=qm.VectorParams(size=d, distance=qm.Distance.COSINE),
+                             # indexing off; segments of at most ~1 MB (7,800 points), so
+                             # that the engine does not merge the new points into the old
+                             optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=0, max_segment_size=1000))
+    client.upload_collection("inc", vectors=x[:n], ids=list(range(n)), batch_size=1000)
+    time.sleep(1.0)
+    assert client.get_collection("inc").indexed_vectors_count == 0  # indexing off: nothing happened
+    client.update_collection("inc", optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=100))
+    _wait_rebuilds(store_path, "inc", 1)
+    assert client.get_collection("inc").indexed_vectors_count == n
+    first = _hnsw_segments(store_path, "inc")
+    assert first
+
+    client.upload_collection("inc", vectors=x[n:], ids=list(range(n, 2 * n)), batch_size=1000)
+    _wait_rebuilds(store_path, "inc", 2)
+    info = client.get_collection("inc")
+    assert info.points_count == info.indexed_vectors_count == 2 * n
+    assert first < _hnsw_segments(store_path, "inc")  # every indexed segment kept, new ones added
+    assert _recall_at_10(client, "inc", x, range(0, 2 * n, 500)) >= 0.98
+
+    client.update_collection("inc", quantization_config=qm.ScalarQuantization(
+        scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8)))
+    assert _hnsw_segments(store_path, "inc") and not first & _hnsw_segments(store_path, "inc")  # all rebuilt
+    assert client.get_collection("inc").config.quantization_config.scalar.type == qm.ScalarType.INT8
+    rescored = qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=True, oversampling=3.0))
+    assert _recall_at_10(client, "inc", x, range(0, 2 * n, 500), search_params=rescored) >= 0.98
+
+
 def test_quantization_is_built_with_the_index_and_queries_rescore(dataset_factory, store_path):
     """``quantization_config`` and ``on_disk`` reach the engine; after
     ``optimize()`` the quantized index answers with the exact top 10
