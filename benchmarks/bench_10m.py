@@ -26,7 +26,7 @@ or with ``--budget-s`` and it goes on where it stopped.
     python benchmarks/bench_10m.py                    # to 10M, as far as the time allows
 
 Prints one row per checkpoint and a projection to ``--target`` from the
-largest N measured; writes ``benchmarks/results/<date>_10m.json``.
+largest N measured; writes ``benchmarks/results/<date>_10m<tag>.json``.
 """
 
 from __future__ import annotations
@@ -234,6 +234,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hnsw-ef", default="128,256,512",
                         help="hnsw_ef values also measured at each checkpoint (after the default's)")
     parser.add_argument("--project-to", type=int, default=10_000_000, help="the N to project the last checkpoint to")
+    parser.add_argument("--tag", default="", help="added to the results file's name")
     parser.add_argument("--remeasure", action="store_true",
                         help="measure the last checkpoint again (a warm service; new --hnsw-ef values)")
     args = parser.parse_args(argv)
@@ -324,7 +325,7 @@ def main(argv=None) -> int:
               "at the peak of a rebuild, disk %(disk_gb)s GB, "
               "upload %(upload_h)s h, HNSW build %(index_h)s h, p50 ~%(p50_ms)s ms" % projection)
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    out = os.path.join(RESULTS_DIR, "%s_10m.json" % datetime.date.today().isoformat())
+    out = os.path.join(RESULTS_DIR, "%s_10m%s.json" % (datetime.date.today().isoformat(), args.tag))
     with open(out, "w") as f:
         json.dump({"config": config, "rows": rows, "projection": projection, "load": os.getloadavg()}, f, indent=1)
     print("wrote", out)
