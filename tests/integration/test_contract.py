@@ -255,6 +255,28 @@ def test_valid_engine_settings_are_normalized_and_queries_work(dataset_factory, 
     assert info.search_params == {"hnsw_ef": 64, "exact": True}
 
 
+@pytest.mark.parametrize("search_params,sent", [
+    (None, {"hnsw_ef": 512}),
+    ({"hnsw_ef": 32}, {"hnsw_ef": 32}),
+    ({"exact": True}, {"exact": True}),
+])
+def test_hnsw_searches_are_wide_unless_the_config_says_otherwise(dataset_factory, store_path, search_params, sent):
+    """Qdrant's default ef (100) loses recall past 1M vectors; queries ask
+    for DEFAULT_HNSW_EF unless the config sets hnsw_ef or exact."""
+    from fiftyone_qdrant.similarity import DEFAULT_HNSW_EF
+
+    dataset = dataset_factory(30)
+    ids = dataset.values("id")
+    X = random_embeddings(30, 8, seed=5)
+    index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="ef", path=store_path,
+                                   search_params=search_params, optimizers_config={"indexing_threshold": 1})
+    index.optimize()
+    assert DEFAULT_HNSW_EF == 512 and index._search_params() == sent
+    assert dataset.get_brain_info("ef").config.search_params == search_params  # the record keeps what was given
+    assert dataset.sort_by_similarity(ids[3], k=5, brain_key="ef").values("id") == exact_top_k(
+        ids, X, X[3], "cosine", k=5)[0]
+
+
 @pytest.mark.parametrize("given,expected", [
     (True, True), (False, False), ("no", False), ("false", False), ("False", False), ("0", False),
     ("off", False), ("yes", True), ("true", True), ("1", True), ("ON", True),

@@ -358,7 +358,7 @@ def test_quantization_is_built_with_the_index_and_queries_rescore(dataset_factor
     ``optimize()`` the quantized index answers with the exact top 10
     (rescored, oversampled: QUANTIZED_SEARCH_DEFAULTS), and the collection
     reports its quantization as a server does."""
-    from fiftyone_qdrant.similarity import QUANTIZED_SEARCH_DEFAULTS
+    from fiftyone_qdrant.similarity import DEFAULT_HNSW_EF, QUANTIZED_SEARCH_DEFAULTS
 
     n, d = 3000, 64
     x = _clustered(n, d, seed=5)
@@ -375,7 +375,7 @@ def test_quantization_is_built_with_the_index_and_queries_rescore(dataset_factor
     assert info.config.quantization_config.scalar.type == qm.ScalarType.INT8
     assert info.config.params.vectors.on_disk is True
     assert dataset.get_brain_info("int8").config.quantization_config == {"scalar": {"type": "int8", "always_ram": True}}
-    assert index._search_params() == {"quantization": QUANTIZED_SEARCH_DEFAULTS}
+    assert index._search_params() == {"hnsw_ef": DEFAULT_HNSW_EF, "quantization": QUANTIZED_SEARCH_DEFAULTS}
     found = []
     for q in range(0, n, 150):
         got = dataset.sort_by_similarity(ids[q], k=10, brain_key="int8").values("id")
