@@ -209,13 +209,14 @@ def edge_config(description: Dict[str, Any]) -> qe.EdgeConfig:
     )
 
 
-def check_free_space(root: str, write_bytes: int) -> None:
+def check_free_space(root: str, write_bytes: int, factor: float = _SPACE_FACTOR) -> None:
     """Raises RESOURCE_EXHAUSTED, before anything is written, when the disk
-    holding the store may not have room for a write of ``write_bytes``."""
+    holding the store may not have room for a write of ``write_bytes``
+    (times ``factor``: what the engine writes for it, WAL and segments)."""
     reserve = float(os.environ.get(MIN_FREE_MB_ENV) or DEFAULT_MIN_FREE_MB) * 1024 * 1024
     st = os.statvfs(root)
     free = st.f_bavail * st.f_frsize
-    needed = reserve + _SPACE_FACTOR * write_bytes
+    needed = reserve + factor * write_bytes
     if free < needed:
         raise ServiceError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
