@@ -353,6 +353,42 @@ def test_a_rebuild_indexes_only_what_was_written_since_the_last_one(store_path, 
     assert _recall_at_10(client, "inc", x, range(0, 2 * n, 500), search_params=rescored) >= 0.98
 
 
+def test_a_rebuild_the_disk_cannot_take_is_not_started(store_path, monkeypatch):
+    """The copy plus the segments indexing writes for the unindexed points
+    (2.5x the shard when nothing is indexed yet) must fit on the disk, or
+    the rebuild is refused before anything is copied; queries stay exact,
+    and once space allows (here: a smaller reserve) the index is built.
+    Room for 3.5x is enough: a 10M store must not need 4x its size."""
+    monkeypatch.setenv("FIFTYONE_QDRANT_INDEX_QUIET_S", "0.3")
+    n, d = 4000, 64
+    x = _clustered(n, d, seed=7)
+    client = ServerStore.local(store_path).client
+    client.create_collection("full", vectors_config=qm.VectorParams(size=d, distance=qm.Distance.COSINE),
+                             optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=0))
+    client.upload_collection("full", vectors=x, ids=list(range(n)), batch_size=1000)
+    local.stop_service(store_path)  # flushed: the shard's size is what a rebuild copies
+    shard = os.path.join(store_path, "collections", "full", "shard")
+    size_mb = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(shard) for f in fs) / 2**20
+    st = os.statvfs(store_path)
+    free_mb = st.f_bavail * st.f_frsize / 2**20
+    monkeypatch.setenv("FIFTYONE_QDRANT_MIN_FREE_MB", str(free_mb - 1.5 * size_mb))  # room for 1.5x, not 2.5x
+    client = ServerStore.local(store_path).client
+    client.update_collection("full", optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=100))
+    assert "No space left for this write" in _service_log(store_path)
+    assert client.get_collection("full").indexed_vectors_count == 0
+    assert sorted(os.listdir(os.path.dirname(shard))) == ["collection.json", "shard"]
+    assert _recall_at_10(client, "full", x, range(0, n, 400)) == 1.0
+
+    local.stop_service(store_path)
+    st = os.statvfs(store_path)
+    free_mb = st.f_bavail * st.f_frsize / 2**20
+    monkeypatch.setenv("FIFTYONE_QDRANT_MIN_FREE_MB", str(free_mb - 3.5 * size_mb))  # 2.5x fits, 4x would not
+    client = ServerStore.local(store_path).client
+    assert client.count("full").count == n  # opens the collection: the indexer watches open ones
+    _wait_rebuilds(store_path, "full", 1)
+    assert client.get_collection("full").indexed_vectors_count == n
+
+
 def test_quantization_is_built_with_the_index_and_queries_rescore(dataset_factory, store_path):
     """``quantization_config`` and ``on_disk`` reach the engine; after
     ``optimize()`` the quantized index answers with the exact top 10
