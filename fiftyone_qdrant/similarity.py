@@ -53,11 +53,12 @@ logger = logging.getLogger(__name__)
 QUANTIZED_SEARCH_DEFAULTS = {"rescore": True, "oversampling": 3.0}
 #: How wide an HNSW search is unless search_params say otherwise. Qdrant's
 #: default (ef_construct: 100) loses recall as a collection grows: recall@10
-#: 0.985 / 0.968 at 1M / 2M clustered 512-d int8 vectors, 0.997 / 0.994 with
-#: 512 at a p50 of 1.9 / 2.5 ms (benchmarks/bench_10m.py), and FiftyOne users
-#: compare answers with exact backends. A search never looks at fewer than
-#: its limit; exhaustive (unindexed) searches ignore it.
-DEFAULT_HNSW_EF = 512
+#: 0.985 / 0.968 / 0.812 at 1M / 2M / 10M clustered 512-d int8 vectors;
+#: 512 gives 0.997 / 0.994 / 0.939 (p50 1.9 / 2.5 / 5.5 ms), 1024 gives
+#: 0.960 at 10M at 6.8 ms (benchmarks/bench_10m.py). FiftyOne users compare
+#: answers with exact backends. A search never looks at fewer than its
+#: limit; exhaustive (unindexed) searches ignore it.
+DEFAULT_HNSW_EF = 1024
 
 
 class QdrantSimilarityConfig(SimilarityConfig):
@@ -84,7 +85,7 @@ class QdrantSimilarityConfig(SimilarityConfig):
             with named vectors (e.g. written by the streaming sink)
         search_params (None): Qdrant search params for queries, e.g.
             ``{"hnsw_ef": 128}`` or ``{"exact": True}``. Default
-            ``{"hnsw_ef": 512}`` (see DEFAULT_HNSW_EF)
+            ``{"hnsw_ef": 1024}`` (see DEFAULT_HNSW_EF)
         path (None): the embedded store directory, used when no ``url`` is
             set. Default ``~/.fiftyone/qdrant``
         url (None): a Qdrant server URL. Not stored in run records

@@ -256,7 +256,7 @@ def test_valid_engine_settings_are_normalized_and_queries_work(dataset_factory, 
 
 
 @pytest.mark.parametrize("search_params,sent", [
-    (None, {"hnsw_ef": 512}),
+    (None, {"hnsw_ef": 1024}),
     ({"hnsw_ef": 32}, {"hnsw_ef": 32}),
     ({"exact": True}, {"exact": True}),
 ])
@@ -271,7 +271,7 @@ def test_hnsw_searches_are_wide_unless_the_config_says_otherwise(dataset_factory
     index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="ef", path=store_path,
                                    search_params=search_params, optimizers_config={"indexing_threshold": 1})
     index.optimize()
-    assert DEFAULT_HNSW_EF == 512 and index._search_params() == sent
+    assert DEFAULT_HNSW_EF == 1024 and index._search_params() == sent
     assert dataset.get_brain_info("ef").config.search_params == search_params  # the record keeps what was given
     assert dataset.sort_by_similarity(ids[3], k=5, brain_key="ef").values("id") == exact_top_k(
         ids, X, X[3], "cosine", k=5)[0]
