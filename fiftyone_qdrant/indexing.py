@@ -9,7 +9,7 @@ request of every collection. So the service:
 
 1. copies the collection into a new shard next to the live one
    (``shard.indexing``): the live shard's files, flushed, under a read
-   hold (queries go on, writes wait: ~1 s a GB), so the segments indexed
+   hold (queries go on, writes wait: ~2 s a GB), so the segments indexed
    before are kept and only what was written since gets indexed; or, for a
    new quantization, its points, page by page, into a fresh shard (every
    segment rebuilt), writers and readers getting in between pages;
