@@ -360,7 +360,7 @@ def test_a_rebuild_the_disk_cannot_take_is_not_started(store_path, monkeypatch):
     and once space allows (here: a smaller reserve) the index is built.
     Room for 3.5x is enough: a 10M store must not need 4x its size."""
     monkeypatch.setenv("FIFTYONE_QDRANT_INDEX_QUIET_S", "0.3")
-    n, d = 4000, 64
+    n, d = 4000, 256  # a shard of ~10 MB: the margins below are as large, far above what else writes meanwhile
     x = _clustered(n, d, seed=7)
     client = ServerStore.local(store_path).client
     client.create_collection("full", vectors_config=qm.VectorParams(size=d, distance=qm.Distance.COSINE),
