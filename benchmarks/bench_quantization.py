@@ -35,7 +35,7 @@ from typing import List
 import numpy as np
 from qdrant_client import models as qm
 
-from bench_10m import PeakSampler, process_memory_mb
+from bench_10m import K, PeakSampler, merge_top_k, process_memory_mb
 from fiftyone_qdrant import local
 from fiftyone_qdrant.server import ServerStore
 from fiftyone_qdrant.similarity import QUANTIZED_SEARCH_DEFAULTS
@@ -58,18 +58,12 @@ def unit_vectors(n: int, dim: int, clustered: bool, seed: int = 0) -> np.ndarray
 
 
 def exact_top10(x: np.ndarray, queries: np.ndarray, rows: int = 100000) -> List[set]:
-    """numpy's exact top 10 of each query, a block of ``rows`` at a time
-    (1M x 200 scores at once would be 800 MB)."""
-    best_ids = np.empty((len(queries), 0), dtype=np.int64)
-    best_scores = np.empty((len(queries), 0), dtype=np.float32)
+    """numpy's exact top 10 of each query, merged a block of ``rows`` at a
+    time (1M x 200 scores at once would be 800 MB)."""
+    ids, scores = np.full((len(queries), K), -1), np.full((len(queries), K), -np.inf)
     for start in range(0, len(x), rows):
-        scores = queries @ x[start : start + rows].T
-        top = np.argpartition(-scores, 10, axis=1)[:, :10]
-        best_ids = np.hstack([best_ids, top + start])
-        best_scores = np.hstack([best_scores, np.take_along_axis(scores, top, axis=1)])
-        keep = np.argsort(-best_scores, axis=1)[:, :10]
-        best_ids, best_scores = np.take_along_axis(best_ids, keep, axis=1), np.take_along_axis(best_scores, keep, axis=1)
-    return [set(row.tolist()) for row in best_ids]
+        merge_top_k(ids, scores, queries, x[start : start + rows], start)
+    return [set(row.tolist()) for row in ids]
 
 
 def wait_indexed(client, name: str, n: int, timeout: float) -> float:

@@ -30,7 +30,7 @@ from qdrant_client import models as qm
 import fiftyone.brain as fob
 
 from fiftyone_qdrant import errors as foq_errors
-from fiftyone_qdrant import local
+from fiftyone_qdrant import indexing, local
 from fiftyone_qdrant.connection import close_all
 from fiftyone_qdrant.store import CollectionSpec
 from fiftyone_qdrant.errors import QdrantBackendError
@@ -353,6 +353,11 @@ def test_a_rebuild_indexes_only_what_was_written_since_the_last_one(store_path, 
     assert _recall_at_10(client, "inc", x, range(0, 2 * n, 500), search_params=rescored) >= 0.98
 
 
+def _free_mb(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 2**20
+
+
 def test_a_rebuild_the_disk_cannot_take_is_not_started(store_path, monkeypatch):
     """The copy plus the segments indexing writes for the unindexed points
     (2.5x the shard when nothing is indexed yet) must fit on the disk, or
@@ -368,10 +373,8 @@ def test_a_rebuild_the_disk_cannot_take_is_not_started(store_path, monkeypatch):
     client.upload_collection("full", vectors=x, ids=list(range(n)), batch_size=1000)
     local.stop_service(store_path)  # flushed: the shard's size is what a rebuild copies
     shard = os.path.join(store_path, "collections", "full", "shard")
-    size_mb = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(shard) for f in fs) / 2**20
-    st = os.statvfs(store_path)
-    free_mb = st.f_bavail * st.f_frsize / 2**20
-    monkeypatch.setenv("FIFTYONE_QDRANT_MIN_FREE_MB", str(free_mb - 1.5 * size_mb))  # room for 1.5x, not 2.5x
+    size_mb = indexing.directory_bytes(shard) / 2**20
+    monkeypatch.setenv("FIFTYONE_QDRANT_MIN_FREE_MB", str(_free_mb(store_path) - 1.5 * size_mb))  # 1.5x, not 2.5x
     client = ServerStore.local(store_path).client
     client.update_collection("full", optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=100))
     assert "No space left for this write" in _service_log(store_path)
@@ -380,9 +383,7 @@ def test_a_rebuild_the_disk_cannot_take_is_not_started(store_path, monkeypatch):
     assert _recall_at_10(client, "full", x, range(0, n, 400)) == 1.0
 
     local.stop_service(store_path)
-    st = os.statvfs(store_path)
-    free_mb = st.f_bavail * st.f_frsize / 2**20
-    monkeypatch.setenv("FIFTYONE_QDRANT_MIN_FREE_MB", str(free_mb - 3.5 * size_mb))  # 2.5x fits, 4x would not
+    monkeypatch.setenv("FIFTYONE_QDRANT_MIN_FREE_MB", str(_free_mb(store_path) - 3.5 * size_mb))  # 2.5x fits, 4x not
     client = ServerStore.local(store_path).client
     assert client.count("full").count == n  # opens the collection: the indexer watches open ones
     _wait_rebuilds(store_path, "full", 1)
