@@ -15,9 +15,10 @@ service adds to Qdrant's API are named here too, for both ends.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from qdrant_client.conversions.conversion import json_to_value, value_to_json
@@ -221,3 +222,239 @@ def payload_from_grpc(entries) -> Dict[str, Any]:
     for key, value in entries.items():
         out[key] = value.string_value if value.WhichOneof("kind") == "string_value" else value_to_json(value)
     return out
+
+
+# -- the other way: a serialized upsert's points as columns ----------------------
+
+
+@dataclasses.dataclass
+class PointColumns:
+    """The points of an upsert laid out alike, read as columns of its bytes.
+
+    ``ids`` / ``payloads`` are None where a column could not be read (integer
+    ids, payload values other than strings and floats): the caller reads
+    those from the parsed message."""
+
+    vectors: np.ndarray  # (n, dim) float32
+    vector_name: Optional[str]  # the key of a named vector, None: unnamed
+    ids: Optional[List[str]]  # canonical UUID text
+    payloads: Optional[List[Dict[str, Any]]]
+
+
+class _NotAlike(Exception):
+    """The points are not laid out alike: read them from the message."""
+
+
+def _read_varint(buf: bytes, at: int) -> Tuple[int, int]:
+    value = shift = 0
+    while at < len(buf) and shift < 64:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+    raise _NotAlike
+
+
+def _fields(buf: bytes, start: int, end: int) -> List[Tuple[int, int, int, int]]:
+    """(number, header start, value start, value end) of every field of
+    ``buf[start:end]``, all length-delimited: any other wire type can differ
+    in width from point to point."""
+    out, at = [], start
+    while at < end:
+        head = at
+        key, at = _read_varint(buf, at)
+        if key & 7 != _LEN:
+            raise _NotAlike
+        length, at = _read_varint(buf, at)
+        if at + length > end:
+            raise _NotAlike
+        out.append((key >> 3, head, at, at + length))
+        at += length
+    return out
+
+
+def _only(fields, *numbers: int) -> Tuple[int, int, int, int]:
+    """The one field of a message that must hold exactly one, of ``numbers``."""
+    if len(fields) != 1 or fields[0][0] not in numbers:
+        raise _NotAlike
+    return fields[0]
+
+
+def _first_field(buf: bytes, number: int) -> Tuple[int, int, int]:
+    """Header start, value start and end of the first field ``number`` (length-delimited)."""
+    at = 0
+    while at < len(buf):
+        head = at
+        key, at = _read_varint(buf, at)
+        wire_type = key & 7
+        if wire_type == _LEN:
+            length, at = _read_varint(buf, at)
+            if key >> 3 == number:
+                return head, at, at + length
+            at += length
+        elif wire_type == _VARINT:
+            _, at = _read_varint(buf, at)
+        elif wire_type == _I64:
+            at += 8
+        elif wire_type == 5:  # 32-bit
+            at += 4
+        else:
+            raise _NotAlike
+    raise _NotAlike
+
+
+class _Layout:
+    """Where, in the first point, the bytes that every point must share lie
+    (tags, lengths, payload keys), and the columns between them."""
+
+    def __init__(self):
+        self.constant: List[Tuple[int, int]] = []
+        self.id_span: Optional[Tuple[int, int]] = None
+        self.vector_span: Optional[Tuple[int, int]] = None
+        self.vector_name: Optional[str] = None
+        self.payload: List[Tuple[str, str, Tuple[int, int]]] = []  # key, kind, span
+        self.payload_readable = True
+
+    def point(self, buf: bytes, start: int, end: int) -> None:
+        numbers = set()
+        for number, head, value_start, value_end in _fields(buf, start, end):
+            if number in numbers and number != 3:  # repeated: protobuf merges them
+                raise _NotAlike
+            numbers.add(number)
+            self.constant.append((head, value_start))
+            if number == 1:
+                self.point_id(buf, value_start, value_end)
+            elif number == 3:
+                self.payload_entry(buf, value_start, value_end)
+            elif number == 4:
+                self.vectors(buf, value_start, value_end)
+            else:
+                raise _NotAlike
+        if self.vector_span is None:
+            raise _NotAlike
+
+    def point_id(self, buf: bytes, start: int, end: int) -> None:
+        try:
+            _, head, value_start, value_end = _only(_fields(buf, start, end), _POINT_ID_UUID)
+        except _NotAlike:  # an integer id: a varint of any width, inside a length that is shared
+            return
+        self.constant.append((head, value_start))
+        self.id_span = (value_start, value_end)
+
+    def payload_entry(self, buf: bytes, start: int, end: int) -> None:
+        fields = _fields(buf, start, end)
+        if [f[0] for f in fields] != [1, 2]:
+            raise _NotAlike
+        (_, key_head, key_start, key_end), (_, value_head, value_start, value_end) = fields
+        self.constant += [(key_head, key_end), (value_head, value_start)]
+        key = buf[key_start:key_end].decode("utf-8")
+        tag, at = _read_varint(buf, value_start)
+        if tag == (_VALUE_STRING << 3) | _LEN:
+            length, at = _read_varint(buf, at)
+            if at + length == value_end:
+                self.constant.append((value_start, at))
+                self.payload.append((key, "str", (at, value_end)))
+                return
+        elif tag == (_VALUE_DOUBLE << 3) | _I64 and at + 8 == value_end:
+            self.constant.append((value_start, at))
+            self.payload.append((key, "f8", (at, value_end)))
+            return
+        self.payload_readable = False
+
+    def vectors(self, buf: bytes, start: int, end: int) -> None:
+        fields = _fields(buf, start, end)
+        if len(fields) != 1:
+            raise _NotAlike
+        number, head, start, end = fields[0]
+        self.constant.append((head, start))
+        if number == 2:  # NamedVectors: one entry of its map
+            _, head, start, end = _only(_fields(buf, start, end), 1)
+            entry = _fields(buf, start, end)
+            if [f[0] for f in entry] != [1, 2]:
+                raise _NotAlike
+            (_, key_head, key_start, key_end), (_, head2, start, end) = entry
+            self.constant += [(head, key_end), (head2, start)]
+            self.vector_name = buf[key_start:key_end].decode("utf-8")
+        elif number != 1:
+            raise _NotAlike
+        number, head, start, end = _only(_fields(buf, start, end), 1, 101)  # data (deprecated) or dense
+        self.constant.append((head, start))
+        if number == 101:  # Vector.dense: DenseVector.data
+            _, head, start, end = _only(_fields(buf, start, end), 1)
+            self.constant.append((head, start))
+        if (end - start) % 4:
+            raise _NotAlike
+        self.vector_span = (start, end)
+
+
+_UUID_DASHES = np.array([8, 13, 18, 23])
+_HEX = np.zeros(256, dtype=bool)
+_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
+
+
+def _canonical_uuids(column: np.ndarray) -> Optional[List[str]]:
+    """Canonical UUID text (what the engine takes as it is), or None."""
+    if column.shape[1] != 36:
+        return None
+    dashes = column[:, _UUID_DASHES]
+    digits = np.delete(column, _UUID_DASHES, axis=1)
+    if not ((dashes == ord("-")).all() and _HEX[digits].all()):
+        return None
+    return _ascii_strings(column)
+
+
+def _ascii_strings(column: np.ndarray) -> Optional[List[str]]:
+    width = column.shape[1]
+    joined = np.ascontiguousarray(column).tobytes()
+    if not joined.isascii():
+        return [bytes(row).decode("utf-8") for row in column]
+    text = joined.decode("ascii")
+    return [text[i : i + width] for i in range(0, len(text), width)]
+
+
+def point_columns(serialized: bytes, count: int, points_field: int) -> Optional[PointColumns]:
+    """The ``count`` points of a serialized message (``UpsertPoints``, or
+    ``PointStructList`` in a batch; ``points_field``: their field number)
+    as columns, or None unless every point is laid out alike.
+
+    Laid out alike: the points lie end to end with one length, and every
+    tag, length and payload key of the first one is in every other at the
+    same place, so a protobuf parser walks each point the same way and the
+    columns between are its values. Checked with numpy over the whole
+    batch; parsing the points one by one costs ~20 us each at 512-d (a
+    packed float field read through Python), this ~2."""
+    if count <= 0:
+        return None
+    try:
+        head, start, end = _first_field(serialized, points_field)
+        stride = end - head
+        if head + count * stride > len(serialized):
+            return None
+        layout = _Layout()
+        layout.constant.append((head, start))
+        layout.point(serialized, start, end)
+    except (_NotAlike, UnicodeDecodeError):
+        return None
+    rows = np.frombuffer(serialized, dtype=np.uint8, count=count * stride, offset=head).reshape(count, stride)
+    shared = np.concatenate([np.arange(a - head, b - head) for a, b in layout.constant])
+    in_every_row = rows[:, shared]
+    if not (in_every_row == in_every_row[0]).all():
+        return None
+
+    def column(span: Tuple[int, int]) -> np.ndarray:
+        return rows[:, span[0] - head : span[1] - head]
+
+    vectors = np.ascontiguousarray(column(layout.vector_span)).view("<f4")
+    ids = _canonical_uuids(column(layout.id_span)) if layout.id_span else None
+    payloads = None
+    if layout.payload_readable:
+        keys = [key for key, _, _ in layout.payload]
+        values = [
+            _ascii_strings(column(span)) if kind == "str"
+            else np.ascontiguousarray(column(span)).view("<f8")[:, 0].tolist()
+            for _, kind, span in layout.payload
+        ]
+        payloads = [dict(zip(keys, row)) for row in zip(*values)] if keys else [{} for _ in range(count)]
+    return PointColumns(vectors, layout.vector_name, ids, payloads)

@@ -80,3 +80,79 @@ def test_integer_ids_and_uuids_of_other_widths_are_encoded_one_by_one():
 def test_no_points():
     encoded = wire.encode_upsert("c", [], np.zeros((0, DIM), np.float32), [])
     assert pb.UpsertPoints.FromString(encoded) == pb.UpsertPoints(collection_name="c", wait=True)
+
+
+# -- reading a serialized upsert's points as columns (the local service's side) --
+
+
+def message_points(message):
+    """What parsing point by point gives: ids, dense rows, vector names, payloads."""
+    from qdrant_client.conversions.conversion import grpc_to_payload
+
+    ids, rows, names, payloads = [], [], [], []
+    for p in message.points:
+        ids.append(p.id.uuid if p.id.HasField("uuid") else p.id.num)
+        if p.vectors.HasField("vectors"):
+            ((name, vector),) = p.vectors.vectors.vectors.items()
+        else:
+            name, vector = None, p.vectors.vector
+        names.append(name)
+        rows.append(list(vector.dense.data) if vector.HasField("dense") else list(vector.data))
+        payloads.append(grpc_to_payload(p.payload))
+    return ids, np.array(rows, dtype=np.float32), names, payloads
+
+
+def columns_of(message):
+    """point_columns of a message, checked against parsing it point by point:
+    every column it gives must hold what the message holds."""
+    columns = wire.point_columns(message.SerializeToString(), len(message.points), 3)
+    if columns is not None:
+        ids, rows, names, payloads = message_points(message)
+        assert np.array_equal(columns.vectors, rows)
+        assert names == [columns.vector_name] * len(names)
+        assert columns.ids is None or columns.ids == ids
+        assert columns.payloads is None or columns.payloads == payloads
+    return columns
+
+
+@pytest.mark.parametrize("vector_name", [None, "img"])
+@pytest.mark.parametrize("case", sorted(ALIKE))
+def test_points_laid_out_alike_are_read_by_column(case, vector_name):
+    payloads = ALIKE[case]
+    columns = columns_of(expected_message(uuids(N), X, payloads, vector_name))
+    assert columns is not None and columns.ids == uuids(N) and columns.payloads == payloads
+    assert columns.vector_name == vector_name
+    # what our client sends, unparsed, reads the same
+    encoded = wire.encode_upsert("c", uuids(N), X, payloads, vector_name)
+    again = wire.point_columns(encoded, N, 3)
+    assert again.ids == columns.ids and again.payloads == payloads and np.array_equal(again.vectors, X)
+
+
+@pytest.mark.parametrize("case", sorted(UNLIKE))
+def test_points_laid_out_differently_are_never_misread(case):
+    columns = columns_of(expected_message(uuids(N), X, UNLIKE[case], None))
+    if case in ("widths differ", "some norms", "some empty"):
+        assert columns is None
+
+
+def test_a_column_that_cannot_be_read_is_left_to_the_message():
+    # integer ids (varints) and integer payloads: the vectors are still read
+    columns = columns_of(expected_message(list(range(1, N + 1)), X, UNLIKE["ints and bools"], None))
+    assert columns is not None and columns.ids is None and columns.payloads is None
+    # UUIDs not in canonical text (the engine would parse them): left to the message
+    shouting = [u.upper() for u in uuids(N)]
+    assert columns_of(expected_message(shouting, X, ALIKE["sample ids"], None)).ids is None
+
+
+def test_points_that_differ_where_their_lengths_agree_are_not_read_by_column():
+    payloads = [{"a" if i % 2 else "b": "x"} for i in range(N)]  # keys of one length
+    assert columns_of(expected_message(uuids(N), X, payloads, None)) is None
+    named = expected_message(uuids(N), X, ALIKE["sample ids"], "img")
+    entry = named.points[3].vectors.vectors.vectors
+    entry["imh"].CopyFrom(entry.pop("img"))  # another vector name, as long
+    assert columns_of(named) is None
+    sparse = expected_message(uuids(N), X[:, :3], ALIKE["sample ids"], None)
+    sparse.points[2].vectors.vector.ClearField("dense")
+    sparse.points[2].vectors.vector.sparse.indices.extend([1, 2, 3])
+    assert columns_of(sparse) is None
+    assert columns_of(pb.UpsertPoints(collection_name="c")) is None
