@@ -343,13 +343,18 @@ class _Layout:
         self.constant.append((head, value_start))
         self.id_span = (value_start, value_end)
 
-    def payload_entry(self, buf: bytes, start: int, end: int) -> None:
+    def map_entry(self, buf: bytes, start: int, end: int) -> Tuple[str, int, int]:
+        """The key of a map entry (shared by every point, like its tags),
+        and where its value lies."""
         fields = _fields(buf, start, end)
         if [f[0] for f in fields] != [1, 2]:
             raise _NotAlike
         (_, key_head, key_start, key_end), (_, value_head, value_start, value_end) = fields
         self.constant += [(key_head, key_end), (value_head, value_start)]
-        key = buf[key_start:key_end].decode("utf-8")
+        return buf[key_start:key_end].decode("utf-8"), value_start, value_end
+
+    def payload_entry(self, buf: bytes, start: int, end: int) -> None:
+        key, value_start, value_end = self.map_entry(buf, start, end)
         tag, at = _read_varint(buf, value_start)
         if tag == (_VALUE_STRING << 3) | _LEN:
             length, at = _read_varint(buf, at)
@@ -371,12 +376,8 @@ class _Layout:
         self.constant.append((head, start))
         if number == 2:  # NamedVectors: one entry of its map
             _, head, start, end = _only(_fields(buf, start, end), 1)
-            entry = _fields(buf, start, end)
-            if [f[0] for f in entry] != [1, 2]:
-                raise _NotAlike
-            (_, key_head, key_start, key_end), (_, head2, start, end) = entry
-            self.constant += [(head, key_end), (head2, start)]
-            self.vector_name = buf[key_start:key_end].decode("utf-8")
+            self.constant.append((head, start))
+            self.vector_name, start, end = self.map_entry(buf, start, end)
         elif number != 1:
             raise _NotAlike
         number, head, start, end = _only(_fields(buf, start, end), 1, 101)  # data (deprecated) or dense
