@@ -484,7 +484,8 @@ class Store:
 # -- protobuf <-> engine ---------------------------------------------------------
 
 
-# below this many points, reading them one by one costs no more than checking a layout
+# below this many points, reading them one by one costs no more than checking a
+# layout (512-d, per point: 155 vs 46 us at 1, 43 vs 44 at 8, 44 vs 59 at 64)
 _COLUMNS_FROM = 8
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
