@@ -51,7 +51,8 @@ from qdrant_client.conversions.conversion import grpc_to_payload, payload_to_grp
 
 from . import indexing
 from .local import CLIENTS_LOCK, LOG_FILE, SERVICE_FILE, SERVICE_LOCK, can_lock
-from .wire import REVISION_HEADER, SNAPSHOT_BEGIN_HEADER, SNAPSHOT_END_HEADER, payload_from_grpc, point_columns
+from .wire import (REVISION_HEADER, SNAPSHOT_BEGIN_HEADER, SNAPSHOT_END_HEADER, message_fields, payload_from_grpc,
+                   point_columns)
 
 logger = logging.getLogger("fiftyone_qdrant.service")
 
@@ -487,6 +488,10 @@ class Store:
 # below this many points, reading them one by one costs no more than checking a
 # layout (512-d, per point: 155 vs 46 us at 1, 43 vs 44 at 8, 44 vs 59 at 64)
 _COLUMNS_FROM = 8
+_EDGE_UPDATE_MODE = {pb.UpdateMode.Upsert: qe.UpdateMode.Upsert, pb.UpdateMode.InsertOnly: qe.UpdateMode.InsertOnly,
+                     pb.UpdateMode.UpdateOnly: qe.UpdateMode.UpdateOnly}
+_OPERATIONS_FIELD = pb.UpdateBatchPoints.DESCRIPTOR.fields_by_name["operations"].number
+_UPSERT_FIELD = pb.PointsUpdateOperation.DESCRIPTOR.fields_by_name["upsert"].number
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -757,6 +762,28 @@ def _rpc(method: Callable) -> Callable:
     return wrapper
 
 
+def _takes_bytes(request_type) -> Callable:
+    """For a write that ``Service.start`` registers to get its request's
+    bytes: parses them, and hands them on too. Their length is the size
+    to check (``ByteSize()`` walks every float: ~5 us a 512-d point), and
+    upserts read their points from them by column."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def parsing(self, serialized: bytes, context):
+            try:
+                request = request_type.FromString(serialized)
+            except DecodeError:
+                raise invalid("Points.%s: the request is not a serialized %s message"
+                              % (method.__name__, request_type.DESCRIPTOR.name)) from None
+            return method(self, request, context, serialized)
+
+        parsing.request_type = request_type
+        return parsing
+
+    return decorate
+
+
 def _fill_unimplemented(servicer_cls, base_cls, service_name: str):
     """Every call we do not implement answers UNIMPLEMENTED, naming itself."""
     for name in dir(base_cls):
@@ -768,6 +795,10 @@ def _fill_unimplemented(servicer_cls, base_cls, service_name: str):
 
         setattr(servicer_cls, name, handler)
     return servicer_cls
+
+
+def _serialize(response) -> bytes:
+    return response.SerializeToString()
 
 
 SNAPSHOT_LEASE_S = 60.0
@@ -964,11 +995,15 @@ class PointsServicer(_Servicer, pb.PointsServicer):
 
     @staticmethod
     def _upsert_ops(message, serialized: Optional[bytes] = None) -> Tuple[List[Any], list]:
-        """The engine operations of an upsert, and the ids it writes."""
-        if message.HasField("update_filter"):
-            raise unimplemented("Upserts with update_filter")
+        """The engine operations of an upsert (``UpsertPoints`` or an
+        ``UpdateBatch``'s ``PointStructList``), and the ids it may write."""
+        condition = engine_filter(message.update_filter) if message.HasField("update_filter") else None
+        mode = _EDGE_UPDATE_MODE.get(message.update_mode) if message.HasField("update_mode") else None
+        if message.HasField("update_mode") and mode is None:
+            raise unimplemented("Upserts with update_mode %d" % message.update_mode)
         ids, points = engine_points(message, serialized)
-        ops = [qe.UpdateOperation.upsert_points(points[i : i + WRITE_CHUNK]) for i in range(0, len(points), WRITE_CHUNK)]
+        ops = [qe.UpdateOperation.upsert_points(points[i : i + WRITE_CHUNK], condition, mode)
+               for i in range(0, len(points), WRITE_CHUNK)]
         return ops, ids
 
     @staticmethod
@@ -1003,10 +1038,9 @@ class PointsServicer(_Servicer, pb.PointsServicer):
 
     @staticmethod
     def _update_vectors_op(message):
-        if message.HasField("update_filter"):
-            raise unimplemented("Vector updates with update_filter")
         return qe.UpdateOperation.update_vectors(
-            [qe.PointVectors(point_id(p.id), engine_vectors(p.vectors)) for p in message.points]
+            [qe.PointVectors(point_id(p.id), engine_vectors(p.vectors)) for p in message.points],
+            engine_filter(message.update_filter) if message.HasField("update_filter") else None,
         )
 
     @staticmethod
@@ -1016,14 +1050,17 @@ class PointsServicer(_Servicer, pb.PointsServicer):
         return (qe.UpdateOperation.delete_vectors(selected, names) if kind == "ids"
                 else qe.UpdateOperation.delete_vectors_by_filter(selected, names))
 
-    def _batch_ops(self, operation: pb.PointsUpdateOperation) -> Tuple[List[Any], Optional[list], int]:
-        """One operation of an UpdateBatch: its engine operations, the ids it
-        writes (None: by filter) and how many vectors it writes, as
-        ``_update_all`` takes them."""
+    def _batch_ops(self, operation: pb.PointsUpdateOperation, serialized: Optional[bytes] = None
+                   ) -> Tuple[List[Any], Optional[list], int]:
+        """One operation of an UpdateBatch (``serialized``: its bytes, if
+        known): its engine operations, the ids it writes (None: by filter)
+        and how many vectors it writes, as ``_update_all`` takes them."""
         kind = operation.WhichOneof("operation")
         message = getattr(operation, kind) if kind else None
         if kind == "upsert":
-            return (*self._upsert_ops(message), len(message.points))
+            upserts = message_fields(serialized, _UPSERT_FIELD) if serialized is not None else None
+            return (*self._upsert_ops(message, upserts[0] if upserts and len(upserts) == 1 else None),
+                    len(message.points))
         if kind in ("delete_points", "clear_payload"):
             selector = message.points
             op = self._delete_op(selector) if kind == "delete_points" else self._clear_payload_op(selector)
@@ -1043,14 +1080,8 @@ class PointsServicer(_Servicer, pb.PointsServicer):
         raise unimplemented("Points.UpdateBatch operation %r" % kind)
 
     @_rpc
-    def Upsert(self, serialized: bytes, context):
-        """Takes the request's bytes (see ``Service.start``): its points are
-        read from them by column, and their length is the size to check
-        (``ByteSize()`` walks every float: ~5 us a 512-d point)."""
-        try:
-            request = pb.UpsertPoints.FromString(serialized)
-        except DecodeError:
-            raise invalid("Points.Upsert: the request is not a serialized UpsertPoints message") from None
+    @_takes_bytes(pb.UpsertPoints)
+    def Upsert(self, request, context, serialized: bytes):
         ops, ids = self._upsert_ops(request, serialized)
         return self._update_all(request.collection_name, ops, len(serialized), lambda: ids, len(ids))
 
@@ -1060,13 +1091,15 @@ class PointsServicer(_Servicer, pb.PointsServicer):
                             touched=lambda: _touched(request.points))
 
     @_rpc
-    def SetPayload(self, request, context):
-        return self._update(request.collection_name, self._payload_op(request), request.ByteSize(),
+    @_takes_bytes(pb.SetPayloadPoints)
+    def SetPayload(self, request, context, serialized: bytes):
+        return self._update(request.collection_name, self._payload_op(request), len(serialized),
                             lambda: _touched(request.points_selector))
 
     @_rpc
-    def OverwritePayload(self, request, context):
-        return self._update(request.collection_name, self._payload_op(request, overwrite=True), request.ByteSize(),
+    @_takes_bytes(pb.SetPayloadPoints)
+    def OverwritePayload(self, request, context, serialized: bytes):
+        return self._update(request.collection_name, self._payload_op(request, overwrite=True), len(serialized),
                             lambda: _touched(request.points_selector))
 
     @_rpc
@@ -1080,8 +1113,9 @@ class PointsServicer(_Servicer, pb.PointsServicer):
                             touched=lambda: _touched(request.points))
 
     @_rpc
-    def UpdateVectors(self, request, context):
-        return self._update(request.collection_name, self._update_vectors_op(request), request.ByteSize(),
+    @_takes_bytes(pb.UpdatePointVectors)
+    def UpdateVectors(self, request, context, serialized: bytes):
+        return self._update(request.collection_name, self._update_vectors_op(request), len(serialized),
                             lambda: _point_ids(request.points), len(request.points))
 
     @_rpc
@@ -1090,12 +1124,17 @@ class PointsServicer(_Servicer, pb.PointsServicer):
                             touched=lambda: _touched(request.points_selector))
 
     @_rpc
-    def UpdateBatch(self, request, context):
+    @_takes_bytes(pb.UpdateBatchPoints)
+    def UpdateBatch(self, request, context, serialized: bytes):
         """The operations in order; each is acknowledged once applied."""
-        planned = [self._batch_ops(o) for o in request.operations]  # all checked before any is applied
+        operations = message_fields(serialized, _OPERATIONS_FIELD)
+        if operations is None or len(operations) != len(request.operations):
+            operations = [None] * len(request.operations)
+        # all checked before any is applied
+        planned = [self._batch_ops(o, b) for o, b in zip(request.operations, operations)]
         touched = [ids for _, ids, _ in planned]
         self._update_all(
-            request.collection_name, [op for ops, _, _ in planned for op in ops], request.ByteSize(),
+            request.collection_name, [op for ops, _, _ in planned for op in ops], len(serialized),
             lambda: None if any(ids is None for ids in touched) else [i for ids in touched for i in ids],
             sum(count for _, _, count in planned),
         )
@@ -1309,9 +1348,11 @@ class Service:
         pb.add_CollectionsServicer_to_server(CollectionsServicer(self), self.server)
         points = PointsServicer(self)
         pb.add_PointsServicer_to_server(points, self.server)
-        # Upsert gets its request unparsed (registered handlers come first)
-        self.server.add_registered_method_handlers("qdrant.Points", {"Upsert": grpc.unary_unary_rpc_method_handler(
-            points.Upsert, response_serializer=pb.PointsOperationResponse.SerializeToString)})
+        # the writes that take their request's bytes (registered handlers come first)
+        self.server.add_registered_method_handlers("qdrant.Points", {
+            name: grpc.unary_unary_rpc_method_handler(getattr(points, name), response_serializer=_serialize)
+            for name in dir(PointsServicer) if hasattr(getattr(PointsServicer, name), "request_type")
+        })
         pb.add_QdrantServicer_to_server(QdrantServicer(self), self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()

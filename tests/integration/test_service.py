@@ -132,6 +132,27 @@ def exercise(client: QdrantClient, kind: str) -> dict:
         qm.OverwritePayloadOperation(overwrite_payload=qm.SetPayload(payload={"o": 2}, points=[ids[49]])),
     ])
     out["after_batch"] = _points(client.retrieve("dense", ids[39:52], with_vectors=True), with_vectors=True)
+
+    # conditional writes (update_mode, update_filter), alone and in a batch;
+    # 20 points laid out alike are read by column, in a batch too
+    client.create_collection("modes", vectors_config=qm.VectorParams(size=4, distance=qm.Distance.DOT))
+    client.upsert("modes", points=[qm.PointStruct(id=ids[i], vector=X[i].tolist(), payload={"tag": "ab"[i % 2]})
+                                   for i in range(20)])
+
+    def shifted(lo, hi, tag):
+        return [qm.PointStruct(id=ids[i], vector=X[i + 1].tolist(), payload={"tag": tag}) for i in range(lo, hi)]
+
+    client.upsert("modes", points=shifted(10, 30, "insert"), update_mode=qm.UpdateMode.INSERT_ONLY)
+    client.upsert("modes", points=shifted(25, 40, "update"), update_mode=qm.UpdateMode.UPDATE_ONLY)
+    client.upsert("modes", points=shifted(0, 12, "filtered"), update_filter=tag_a)
+    client.batch_update_points("modes", update_operations=[
+        qm.UpsertOperation(upsert=qm.PointsList(points=shifted(35, 55, "batch"), update_mode=qm.UpdateMode.INSERT_ONLY)),
+        qm.UpsertOperation(upsert=qm.PointsList(points=shifted(12, 32, "batch-b"), update_filter=qm.Filter(
+            must=[qm.FieldCondition(key="tag", match=qm.MatchValue(value="b"))]))),
+    ])
+    client.update_vectors("modes", points=[qm.PointVectors(id=ids[i], vector=[1.0, 2.0, 3.0, 4.0]) for i in (0, 1, 2)],
+                          update_filter=qm.Filter(must=[qm.FieldCondition(key="tag", match=qm.MatchValue(value="filtered"))]))
+    out["modes"] = _points(client.scroll("modes", limit=100, with_vectors=True)[0], with_vectors=True)
     client.update_collection("dense", metadata={"owner": None, "stage": 2})
     out["metadata"] = client.get_collection("dense").config.metadata
 

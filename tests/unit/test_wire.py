@@ -156,3 +156,24 @@ def test_points_that_differ_where_their_lengths_agree_are_not_read_by_column():
     sparse.points[2].vectors.vector.sparse.indices.extend([1, 2, 3])
     assert columns_of(sparse) is None
     assert columns_of(pb.UpsertPoints(collection_name="c")) is None
+
+
+def test_an_update_batch_hands_each_upsert_its_own_bytes():
+    upserts = [expected_message(uuids(N), X * (i + 1), ALIKE["sample ids"], None) for i in range(2)]
+    batch = pb.UpdateBatchPoints(collection_name="c", wait=True, operations=[
+        pb.PointsUpdateOperation(upsert=pb.PointsUpdateOperation.PointStructList(points=upserts[0].points)),
+        pb.PointsUpdateOperation(delete_points=pb.PointsUpdateOperation.DeletePoints(
+            points=pb.PointsSelector(points=pb.PointsIdsList(ids=[pb.PointId(num=3)])))),
+        pb.PointsUpdateOperation(upsert=pb.PointsUpdateOperation.PointStructList(points=upserts[1].points)),
+    ])
+    operations = wire.message_fields(batch.SerializeToString(), 3)
+    assert [pb.PointsUpdateOperation.FromString(b) for b in operations] == list(batch.operations)
+    for i in (0, 2):
+        (upsert,) = wire.message_fields(operations[i], 1)
+        columns = wire.point_columns(upsert, N, 1)
+        np.testing.assert_array_equal(columns.vectors, X * (i // 2 + 1))
+        assert columns.ids == uuids(N) and columns.payloads == ALIKE["sample ids"]
+    assert wire.message_fields(operations[1], 1) == []
+    # a field of fixed width (not a message, not a varint): not walked
+    assert wire.message_fields(b"\x09" + bytes(8) + operations[0], 1) is None
+    assert wire.message_fields(b"\x0a\x05ab", 1) is None  # a length past the end
