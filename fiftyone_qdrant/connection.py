@@ -92,7 +92,11 @@ class ConnectionSettings:
 
     def connect(self) -> VectorStore:
         """A new store of the caller's own, which the caller closes."""
-        from .server import ServerStore  # imports qdrant-client (~1 s): only to connect
+        if self.is_embedded:
+            from . import local
+
+            local.start_service(self.store_path)  # starts while qdrant-client is imported
+        from .server import ServerStore  # imports qdrant-client (~1.4 s): only to connect
 
         if self.is_embedded:
             return ServerStore.local(self.store_path)

@@ -542,6 +542,23 @@ def test_service_outlives_its_starter_and_stops_when_idle(tmp_path):
     assert local.stop_service(root)
 
 
+def test_a_service_launched_ahead_is_the_one_connected_to(tmp_path):
+    # what ConnectionSettings.connect does before importing qdrant-client
+    root = str(tmp_path / "store")
+    local.start_service(root)
+    launched = local._launched[root]
+    local.start_service(root)  # still starting: not launched twice
+    assert local._launched[root] is launched
+    store = ServerStore.local(root)
+    assert local.read_address(root).pid == launched.pid and root not in local._launched
+    local.start_service(root)  # running: nothing launched
+    assert root not in local._launched
+    assert store.list_collections() == []
+    store.close()
+    assert local.stop_service(root)
+    assert launched.wait(timeout=30) == 0
+
+
 def test_sigkill_of_the_service_keeps_every_acknowledged_write(store_path):
     store = ServerStore.local(store_path)
     store.create_collection("c", CollectionSpec(8, "cosine"), {}, keyword_fields=["sample_id"])
