@@ -28,10 +28,12 @@ any step leaves the live shard authoritative (see :func:`recover`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +50,7 @@ RETIRED_DIR = "shard.retired"  # the previous live shard, during the swap
 QUIET_S_ENV = "FIFTYONE_QDRANT_INDEX_QUIET_S"
 DEFAULT_QUIET_S = 2.0  # no write for this long before a rebuild starts
 COPY_PAGE = 1000
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 _MAX_ATTEMPTS = 5  # for an explicit optimize() that concurrent writes keep spoiling
 
 
@@ -307,7 +310,8 @@ class Indexer(threading.Thread):
             shutil.rmtree(work, ignore_errors=True)
 
     def _optimize_out_of_process(self, work: str, description: Dict) -> bool:
-        child = subprocess.Popen([sys.executable, "-m", "fiftyone_qdrant.service", "--optimize", work],
+        child = subprocess.Popen([sys.executable, "-m", "fiftyone_qdrant.service", "--optimize", work,
+                                  "--parent", str(os.getpid())],
                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._child = child
         try:
@@ -350,6 +354,25 @@ class Indexer(threading.Thread):
                     "%d of %d vectors indexed, %.1f s in all", c.name, copied, copy_s, replayed,
                     info.indexed_vectors_count, info.points_count, total_s)
         return True
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Ends this process when the service that started it dies: left
+    running, it would index a copy that nobody swaps in, in the directory
+    where the next service makes its own. On Linux the kernel kills it
+    with its parent (even while the engine holds the interpreter); elsewhere
+    a thread checks every half second."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # it died before the line above
+        os._exit(1)
 
 
 def optimize_shard(directory: str, config: qe.EdgeConfig) -> int:

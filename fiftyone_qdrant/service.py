@@ -1436,11 +1436,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--optimize", action="store_true",
                         help="(the indexer's child) index the shard copy at PATH with the engine config of "
                         "the collection description read from stdin, and exit")
+    parser.add_argument("--parent", type=int, default=None,
+                        help="(with --optimize) the service's pid: the child exits when it dies")
     parser.add_argument("--idle-s", type=float, default=None,
                         help="seconds without requests (and no client alive) before stopping; default $%s or %g"
                         % (IDLE_S_ENV, DEFAULT_IDLE_S))
     args = parser.parse_args(argv)
     if args.optimize:
+        if args.parent is not None:
+            indexing.exit_with_parent(args.parent)
         return indexing.optimize_shard(args.path, edge_config(json.load(sys.stdin)))
     return serve(args.path, args.idle_s)
 

@@ -465,6 +465,58 @@ def test_bad_quantization_configs_are_refused_before_anything_is_written(dataset
     assert dataset.list_brain_runs() == []
 
 
+def _indexing_children(work_dir):
+    """Pids of the processes indexing the shard copy at ``work_dir``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "--optimize" in args and work_dir in args:
+            pids.append(int(pid))
+    return pids
+
+
+def _running(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, not yet reaped
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_service_takes_its_indexing_child_with_it(store_path, monkeypatch):
+    """Left running, the child would go on writing in the directory where
+    the next service makes its own copy."""
+    monkeypatch.setenv("FIFTYONE_QDRANT_INDEX_QUIET_S", "0.3")
+    store = ServerStore.local(store_path)
+    client = store.client
+    n, d = 40000, 128
+    client.create_collection(
+        "bg", vectors_config=qm.VectorParams(size=d, distance=qm.Distance.COSINE),
+        hnsw_config=qm.HnswConfigDiff(m=48, ef_construct=800),  # a build of ~25 s here
+        optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=100),
+    )
+    client.upload_collection("bg", vectors=_clustered(n, d), ids=list(range(n)), batch_size=1000)
+    work_dir = os.path.join(store_path, "collections", "bg", "shard.indexing")
+    deadline = time.time() + 60
+    while not _indexing_children(work_dir):
+        assert time.time() < deadline, "no indexing child started"
+        time.sleep(0.01)
+    (child,) = _indexing_children(work_dir)
+    os.kill(local.read_address(store_path).pid, signal.SIGKILL)
+    deadline = time.time() + 5
+    while _running(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _running(child), "the indexing child outlived its service"
+    # the next service starts over from the live shard
+    assert store.count("bg") == n
+    store.close()
+
+
 def test_a_rebuild_cut_off_by_a_crash_leaves_the_live_shard(store_path):
     """What a crash mid-swap leaves (the live shard renamed away, the copy
     half indexed) is put back in order when the collection is next opened."""
