@@ -52,6 +52,8 @@ def assert_neighbors_exact(got_ids, got_dists, ids, X, query, metric, k, reverse
     np.testing.assert_allclose(got_dists, expected_dists, rtol=1e-4, atol=1e-4, err_msg=where)
     if len(ids):
         position = {i: n for n, i in enumerate(ids)}
+        missing = [i for i in got_ids if i not in position]
+        assert not missing, "%s not among the ids %s" % (missing, where)  # (another state's, in a race)
         true = exact_distances(X, query, metric)[[position[i] for i in got_ids]]
         np.testing.assert_allclose(got_dists, true, rtol=1e-4, atol=1e-4, err_msg=where)
     assert len(set(got_ids)) == len(got_ids), where
