@@ -130,9 +130,8 @@ def start_service(root: str) -> None:
     if read_address(root) is not None:
         return
     with _spawn_lock(root):
-        launched = _launched.get(root)
-        if read_address(root) is None and (launched is None or launched.poll() is not None):
-            _launched[root] = _launch(root)
+        if read_address(root) is None:
+            _starting_process(root)
 
 
 def ensure_service(root: str, timeout: float = START_TIMEOUT_S) -> ServiceAddress:
@@ -145,10 +144,18 @@ def ensure_service(root: str, timeout: float = START_TIMEOUT_S) -> ServiceAddres
         address = read_address(root)
         if address is not None:
             return address
-        process = _launched.pop(root, None)
-        if process is None or process.poll() is not None:
-            process = _launch(root)
+        process = _starting_process(root)
+        del _launched[root]
         return _wait_for_address(root, process, timeout)
+
+
+def _starting_process(root: str) -> subprocess.Popen:
+    """The service process this one launched, while it is still starting,
+    else a new one (the caller holds the spawn lock)."""
+    process = _launched.get(root)
+    if process is None or process.poll() is not None:
+        process = _launched[root] = _launch(root)
+    return process
 
 
 def _launch(root: str) -> subprocess.Popen:

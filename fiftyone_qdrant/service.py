@@ -663,8 +663,8 @@ def engine_filter(f: pb.Filter):
     return qe.Filter(**parts)
 
 
-def optional_filter(message) -> Optional[Any]:
-    return engine_filter(message.filter) if message.HasField("filter") else None
+def optional_filter(message, field: str = "filter") -> Optional[Any]:
+    return engine_filter(getattr(message, field)) if message.HasField(field) else None
 
 
 def search_params(message) -> Optional[qe.SearchParams]:
@@ -997,10 +997,12 @@ class PointsServicer(_Servicer, pb.PointsServicer):
     def _upsert_ops(message, serialized: Optional[bytes] = None) -> Tuple[List[Any], list]:
         """The engine operations of an upsert (``UpsertPoints`` or an
         ``UpdateBatch``'s ``PointStructList``), and the ids it may write."""
-        condition = engine_filter(message.update_filter) if message.HasField("update_filter") else None
-        mode = _EDGE_UPDATE_MODE.get(message.update_mode) if message.HasField("update_mode") else None
-        if message.HasField("update_mode") and mode is None:
-            raise unimplemented("Upserts with update_mode %d" % message.update_mode)
+        mode = None
+        if message.HasField("update_mode"):
+            mode = _EDGE_UPDATE_MODE.get(message.update_mode)
+            if mode is None:
+                raise unimplemented("Upserts with update_mode %d" % message.update_mode)
+        condition = optional_filter(message, "update_filter")
         ids, points = engine_points(message, serialized)
         ops = [qe.UpdateOperation.upsert_points(points[i : i + WRITE_CHUNK], condition, mode)
                for i in range(0, len(points), WRITE_CHUNK)]
@@ -1040,7 +1042,7 @@ class PointsServicer(_Servicer, pb.PointsServicer):
     def _update_vectors_op(message):
         return qe.UpdateOperation.update_vectors(
             [qe.PointVectors(point_id(p.id), engine_vectors(p.vectors)) for p in message.points],
-            engine_filter(message.update_filter) if message.HasField("update_filter") else None,
+            optional_filter(message, "update_filter"),
         )
 
     @staticmethod
