@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import struct
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from qdrant_client.conversions.conversion import json_to_value, value_to_json
@@ -257,45 +257,56 @@ def _read_varint(buf: bytes, at: int) -> Tuple[int, int]:
     raise _NotAlike
 
 
+_I32 = 5
+_FIXED_WIDTH = {_I64: 8, _I32: 4}
+
+
+def _walk(buf: bytes, start: int = 0, end: Optional[int] = None) -> Iterator[Tuple[int, int, int, int, int]]:
+    """(number, wire type, header start, value start, value end) of every
+    field of ``buf[start:end]``: the one reader of protobuf's tags here."""
+    end = len(buf) if end is None else end
+    at = start
+    while at < end:
+        head = at
+        key, at = _read_varint(buf, at)
+        wire_type = key & 7
+        if wire_type == _LEN:
+            length, at = _read_varint(buf, at)
+            value_start, at = at, at + length
+        elif wire_type == _VARINT:
+            value_start = at
+            _, at = _read_varint(buf, at)
+        elif wire_type in _FIXED_WIDTH:
+            value_start, at = at, at + _FIXED_WIDTH[wire_type]
+        else:
+            raise _NotAlike
+        if at > end:
+            raise _NotAlike
+        yield key >> 3, wire_type, head, value_start, at
+
+
 def _fields(buf: bytes, start: int, end: int) -> List[Tuple[int, int, int, int]]:
     """(number, header start, value start, value end) of every field of
     ``buf[start:end]``, all length-delimited: any other wire type can differ
     in width from point to point."""
-    out, at = [], start
-    while at < end:
-        head = at
-        key, at = _read_varint(buf, at)
-        if key & 7 != _LEN:
+    out = []
+    for number, wire_type, head, value_start, value_end in _walk(buf, start, end):
+        if wire_type != _LEN:
             raise _NotAlike
-        length, at = _read_varint(buf, at)
-        if at + length > end:
-            raise _NotAlike
-        out.append((key >> 3, head, at, at + length))
-        at += length
+        out.append((number, head, value_start, value_end))
     return out
 
 
 def message_fields(serialized: bytes, number: int) -> Optional[List[bytes]]:
     """The bytes of every field ``number`` (a message) of a serialized
-    message, in order, or None if it holds a field that is not
-    length-delimited: how an ``UpdateBatch`` hands each upsert's bytes to
-    :func:`point_columns`."""
+    message, in order, or None if the bytes are not a message: how an
+    ``UpdateBatch`` hands each upsert's bytes to :func:`point_columns`."""
     try:
-        found, at = [], 0
-        while at < len(serialized):
-            key, at = _read_varint(serialized, at)
-            if key & 7 == _VARINT:
-                _, at = _read_varint(serialized, at)
-                continue
-            if key & 7 != _LEN:
-                return None
-            length, at = _read_varint(serialized, at)
-            if at + length > len(serialized):
-                return None
-            if key >> 3 == number:
-                found.append(serialized[at : at + length])
-            at += length
-        return found
+        return [
+            serialized[value_start:value_end]
+            for found, wire_type, _, value_start, value_end in _walk(serialized)
+            if found == number and wire_type == _LEN
+        ]
     except _NotAlike:
         return None
 
@@ -309,24 +320,9 @@ def _only(fields, *numbers: int) -> Tuple[int, int, int, int]:
 
 def _first_field(buf: bytes, number: int) -> Tuple[int, int, int]:
     """Header start, value start and end of the first field ``number`` (length-delimited)."""
-    at = 0
-    while at < len(buf):
-        head = at
-        key, at = _read_varint(buf, at)
-        wire_type = key & 7
-        if wire_type == _LEN:
-            length, at = _read_varint(buf, at)
-            if key >> 3 == number:
-                return head, at, at + length
-            at += length
-        elif wire_type == _VARINT:
-            _, at = _read_varint(buf, at)
-        elif wire_type == _I64:
-            at += 8
-        elif wire_type == 5:  # 32-bit
-            at += 4
-        else:
-            raise _NotAlike
+    for found, wire_type, head, value_start, value_end in _walk(buf):
+        if found == number and wire_type == _LEN:
+            return head, value_start, value_end
     raise _NotAlike
 
 

@@ -120,12 +120,15 @@ def columns_of(message):
 def test_points_laid_out_alike_are_read_by_column(case, vector_name):
     payloads = ALIKE[case]
     columns = columns_of(expected_message(uuids(N), X, payloads, vector_name))
-    assert columns is not None and columns.ids == uuids(N) and columns.payloads == payloads
-    assert columns.vector_name == vector_name
+    # protobuf writes a map's entries in its hash table's order, seeded per
+    # process: two-key maps come out alike in some processes only
+    if case != "keys in any order" or columns is not None:
+        assert columns is not None and columns.ids == uuids(N) and columns.payloads == payloads
+        assert columns.vector_name == vector_name
     # what our client sends, unparsed, reads the same
     encoded = wire.encode_upsert("c", uuids(N), X, payloads, vector_name)
     again = wire.point_columns(encoded, N, 3)
-    assert again.ids == columns.ids and again.payloads == payloads and np.array_equal(again.vectors, X)
+    assert again.ids == uuids(N) and again.payloads == payloads and np.array_equal(again.vectors, X)
 
 
 @pytest.mark.parametrize("case", sorted(UNLIKE))
@@ -167,6 +170,7 @@ def test_an_update_batch_hands_each_upsert_its_own_bytes():
         pb.PointsUpdateOperation(upsert=pb.PointsUpdateOperation.PointStructList(points=upserts[1].points)),
     ])
     operations = wire.message_fields(batch.SerializeToString(), 3)
+    upserts_bytes = [wire.message_fields(operations[i], 1)[0] for i in (0, 2)]
     assert [pb.PointsUpdateOperation.FromString(b) for b in operations] == list(batch.operations)
     for i in (0, 2):
         (upsert,) = wire.message_fields(operations[i], 1)
@@ -174,6 +178,7 @@ def test_an_update_batch_hands_each_upsert_its_own_bytes():
         np.testing.assert_array_equal(columns.vectors, X * (i // 2 + 1))
         assert columns.ids == uuids(N) and columns.payloads == ALIKE["sample ids"]
     assert wire.message_fields(operations[1], 1) == []
-    # a field of fixed width (not a message, not a varint): not walked
-    assert wire.message_fields(b"\x09" + bytes(8) + operations[0], 1) is None
+    # fields of fixed width (64 and 32 bits) with the same number are walked over, not taken
+    assert wire.message_fields(b"\x09" + bytes(8) + b"\x0d" + bytes(4) + operations[0], 1) == [upserts_bytes[0]]
+    assert wire.message_fields(b"\x0b", 1) is None  # a group (wire type 3): not a message we read
     assert wire.message_fields(b"\x0a\x05ab", 1) is None  # a length past the end
