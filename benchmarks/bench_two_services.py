@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""How fast a collection sharded over two local service processes could be
+written: one store's service taking all N points, against two stores'
+services taking N/2 each at once (one client process, a thread a store),
+through ``ServerStore.upsert`` as a build sends them (1,000-point batches,
+512-d unit vectors, ``sample_id`` payloads, a keyword index on them),
+interleaved round by round, medians.
+
+This measures the case for sharding the embedded store before building it
+(issue 14: the binding holds the GIL, so one service uses one core):
+
+    python benchmarks/bench_two_services.py              # 100k, 4 rounds
+    python benchmarks/bench_two_services.py --n 200000 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("FIFTYONE_QDRANT_INDEX_QUIET_S", "1e9")  # no background HNSW while timing
+
+import numpy as np  # noqa: E402
+
+DIM, BATCH = 512, 1000
+
+
+def main(argv=None) -> int:
+    from fiftyone_qdrant import points
+    from fiftyone_qdrant.server import ServerStore
+    from fiftyone_qdrant.store import CollectionSpec
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100000)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    vectors = np.random.default_rng(0).standard_normal((args.n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sample_ids = np.array(["%024x" % (i * 7919 + 99999) for i in range(args.n)], dtype="<U24")
+    point_ids = points.to_point_ids(sample_ids)
+    root = tempfile.mkdtemp(prefix="bench-two-services-")
+    stores = [ServerStore.local(os.path.join(root, name)) for name in ("a", "b")]
+
+    def upload(store, name: str, lo: int, hi: int) -> None:
+        store.create_collection(name, CollectionSpec(DIM, "cosine"), {}, keyword_fields=["sample_id"])
+        with store.batch(name):
+            for start in range(lo, hi, BATCH):
+                end = min(start + BATCH, hi)
+                store.upsert(name, point_ids[start:end], vectors[start:end],
+                             points.payloads(sample_ids[start:end], None, None))
+
+    def one_service(name: str) -> None:
+        upload(stores[0], name, 0, args.n)
+
+    def two_services(name: str) -> None:
+        half = args.n // 2
+        threads = [threading.Thread(target=upload, args=(store, name, lo, hi))
+                   for store, (lo, hi) in zip(stores, ((0, half), (half, args.n)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    settings = {"one service, N points": one_service, "two services, N/2 each at once": two_services}
+    seconds = {label: [] for label in settings}
+    for round_ in range(args.rounds):
+        order = list(settings) if round_ % 2 == 0 else list(settings)[::-1]
+        for label in order:
+            name = "round%d" % round_
+            t0 = time.perf_counter()
+            settings[label](name)
+            seconds[label].append(time.perf_counter() - t0)
+            for store in stores:
+                if store.collection_exists(name):
+                    store.delete_collection(name)
+
+    print("\nN = %d, %d rounds interleaved\n" % (args.n, args.rounds))
+    print("| setting | upload, s (median) | runs | vectors/s |")
+    print("|---|---:|---|---:|")
+    for label, runs in seconds.items():
+        med = statistics.median(runs)
+        print("| %s | %.2f | %s | %.0f |" % (label, med, " / ".join("%.2f" % r for r in runs), args.n / med))
+    one, two = (statistics.median(seconds[label]) for label in settings)
+    print("\ntwo services take %.2fx one's time" % (two / one))
+    for store in stores:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
