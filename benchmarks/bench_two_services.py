@@ -4,7 +4,8 @@ written: one store's service taking all N points, against two stores'
 services taking N/2 each at once (one client process, a thread a store),
 through ``ServerStore.upsert`` as a build sends them (1,000-point batches,
 512-d unit vectors, ``sample_id`` payloads, a keyword index on them),
-interleaved round by round, medians.
+interleaved round by round, medians. Then exact top-10 queries: one
+service's against both halves searched at once and merged by score.
 
 This measures the case for sharding the embedded store before building it
 (issue 14: the binding holds the GIL, so one service uses one core):
@@ -16,6 +17,7 @@ This measures the case for sharding the embedded store before building it
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import statistics
 import sys
@@ -30,6 +32,38 @@ import numpy as np  # noqa: E402
 DIM, BATCH = 512, 1000
 
 
+def compare_queries(stores, one_service, two_services, vectors: np.ndarray, count: int) -> None:
+    """Exact top-10 from one service against both halves searched at once
+    and merged by score: the same answers, and the p50 of each."""
+    one_service("queries")
+    two_services("queries_halves")
+    queries = vectors[np.random.default_rng(5).integers(0, len(vectors), count)]
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+
+    def whole(q):
+        return [h.id for h in stores[0].query_batch("queries", q[None, :], 10)[0]]
+
+    def halves(q):
+        parts = pool.map(lambda store: store.query_batch("queries_halves", q[None, :], 10)[0], stores)
+        return [h.id for h in sorted((h for part in parts for h in part), key=lambda h: -h.score)[:10]]
+
+    latency = {"one service": [], "two services, merged": []}
+    for q in queries:
+        for label, search in (("one service", whole), ("two services, merged", halves)):
+            t0 = time.perf_counter()
+            found = search(q)
+            latency[label].append((time.perf_counter() - t0) * 1000)
+            if label == "one service":
+                expected = found
+            elif set(found) != set(expected):
+                raise AssertionError("the merged halves answered %s, one service %s" % (found, expected))
+    pool.shutdown()
+    print("\nexact top-10 (%d queries, answers identical)" % count)
+    print("| setting | p50 ms |\n|---|---:|")
+    for label, times in latency.items():
+        print("| %s | %.2f |" % (label, statistics.median(times)))
+
+
 def main(argv=None) -> int:
     from fiftyone_qdrant import points
     from fiftyone_qdrant.server import ServerStore
@@ -38,6 +72,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=50, help="exact top-10 queries timed per setting")
     args = parser.parse_args(argv)
 
     vectors = np.random.default_rng(0).standard_normal((args.n, DIM)).astype(np.float32)
@@ -88,6 +123,7 @@ def main(argv=None) -> int:
         print("| %s | %.2f | %s | %.0f |" % (label, med, " / ".join("%.2f" % r for r in runs), args.n / med))
     one, two = (statistics.median(seconds[label]) for label in settings)
     print("\ntwo services take %.2fx one's time" % (two / one))
+    compare_queries(stores, one_service, two_services, vectors, args.queries)
     for store in stores:
         store.close()
     return 0
