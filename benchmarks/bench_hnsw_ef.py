@@ -28,8 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 import bench_10m  # noqa: E402
+import bench_two_services  # noqa: E402
 
-DIM, BATCH, QUERIES, K = 512, 1000, 100, 10
+DIM, QUERIES, K = 512, 100, 10
 
 
 def data(kind: str, n: int):
@@ -47,18 +48,13 @@ def data(kind: str, n: int):
 def sweep(kind: str, n: int, efs) -> None:
     from fiftyone_qdrant import points
     from fiftyone_qdrant.server import ServerStore
-    from fiftyone_qdrant.store import CollectionSpec
 
     x, queries = data(kind, n)
     sample_ids = np.array(["%024x" % i for i in range(n)], dtype="<U24")
     point_ids = points.to_point_ids(sample_ids)
     row_of = {point_id: row for row, point_id in enumerate(point_ids)}
     store = ServerStore.local(tempfile.mkdtemp(prefix="bench-hnsw-ef-"))
-    store.create_collection("c", CollectionSpec(DIM, "cosine"), {}, keyword_fields=["sample_id"])
-    with store.batch("c"):
-        for start in range(0, n, BATCH):
-            rows = slice(start, start + BATCH)
-            store.upsert("c", point_ids[rows], x[rows], points.payloads(sample_ids[rows], None, None))
+    bench_two_services.upload(store, "c", point_ids, x, sample_ids)
     t0 = time.perf_counter()
     store.optimize("c")
     print("\n%s, N = %d: HNSW built in %.0f s" % (kind, n, time.perf_counter() - t0))

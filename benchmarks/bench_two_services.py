@@ -32,6 +32,19 @@ import numpy as np  # noqa: E402
 DIM, BATCH = 512, 1000
 
 
+def upload(store, name: str, point_ids, vectors: np.ndarray, sample_ids: np.ndarray) -> None:
+    """A new cosine collection of ``vectors``, written as a build writes
+    them: ``sample_id`` payloads (keyword-indexed), BATCH points an upsert."""
+    from fiftyone_qdrant import points
+    from fiftyone_qdrant.store import CollectionSpec
+
+    store.create_collection(name, CollectionSpec(vectors.shape[1], "cosine"), {}, keyword_fields=["sample_id"])
+    with store.batch(name):
+        for start in range(0, len(vectors), BATCH):
+            rows = slice(start, start + BATCH)
+            store.upsert(name, point_ids[rows], vectors[rows], points.payloads(sample_ids[rows], None, None))
+
+
 def compare_queries(stores, one_service, two_services, vectors: np.ndarray, count: int) -> None:
     """Exact top-10 from one service against both halves searched at once
     and merged by score: the same answers, and the p50 of each."""
@@ -67,7 +80,6 @@ def compare_queries(stores, one_service, two_services, vectors: np.ndarray, coun
 def main(argv=None) -> int:
     from fiftyone_qdrant import points
     from fiftyone_qdrant.server import ServerStore
-    from fiftyone_qdrant.store import CollectionSpec
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100000)
@@ -82,21 +94,13 @@ def main(argv=None) -> int:
     root = tempfile.mkdtemp(prefix="bench-two-services-")
     stores = [ServerStore.local(os.path.join(root, name)) for name in ("a", "b")]
 
-    def upload(store, name: str, lo: int, hi: int) -> None:
-        store.create_collection(name, CollectionSpec(DIM, "cosine"), {}, keyword_fields=["sample_id"])
-        with store.batch(name):
-            for start in range(lo, hi, BATCH):
-                end = min(start + BATCH, hi)
-                store.upsert(name, point_ids[start:end], vectors[start:end],
-                             points.payloads(sample_ids[start:end], None, None))
-
     def one_service(name: str) -> None:
-        upload(stores[0], name, 0, args.n)
+        upload(stores[0], name, point_ids, vectors, sample_ids)
 
     def two_services(name: str) -> None:
         half = args.n // 2
-        threads = [threading.Thread(target=upload, args=(store, name, lo, hi))
-                   for store, (lo, hi) in zip(stores, ((0, half), (half, args.n)))]
+        threads = [threading.Thread(target=upload, args=(store, name, point_ids[rows], vectors[rows], sample_ids[rows]))
+                   for store, rows in zip(stores, (slice(0, half), slice(half, args.n)))]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -29,8 +29,8 @@ REVISION_HEADER = "fiftyone-qdrant-revision"
 SNAPSHOT_BEGIN_HEADER = "fiftyone-qdrant-snapshot-begin"
 SNAPSHOT_END_HEADER = "fiftyone-qdrant-snapshot-end"
 
-# (field number << 3) | wire type; 2 = length-delimited, 0 = varint, 1 = 64-bit
-_LEN, _VARINT, _I64 = 2, 0, 1
+# (field number << 3) | wire type; 2 = length-delimited, 0 = varint, 1 = 64-bit, 5 = 32-bit
+_LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,7 +257,6 @@ def _read_varint(buf: bytes, at: int) -> Tuple[int, int]:
     raise _NotAlike
 
 
-_I32 = 5
 _FIXED_WIDTH = {_I64: 8, _I32: 4}
 
 
