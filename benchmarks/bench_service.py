@@ -47,11 +47,18 @@ import uuid
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# exact search on both sides: the raw shard is never optimize()d, so the
+# service must not build HNSW in the background either
+os.environ.setdefault("FIFTYONE_QDRANT_INDEX_QUIET_S", "1e9")
+
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCHMARKS))
+sys.path.insert(0, BENCHMARKS)
 
 import qdrant_edge as qe  # noqa: E402
 from qdrant_client import models as qm  # noqa: E402
 
+from bench_two_services import upload  # noqa: E402
 from fiftyone_qdrant import local  # noqa: E402
 from fiftyone_qdrant.store import CollectionSpec  # noqa: E402
 from fiftyone_qdrant.server import ServerStore  # noqa: E402
@@ -69,8 +76,12 @@ def point_ids(n):
     return [str(uuid.UUID(int=i + 1)) for i in range(n)]
 
 
+def sample_ids(lo, hi):
+    return np.array(["%024x" % i for i in range(lo, hi)])
+
+
 def payloads(lo, hi):
-    return [{"sample_id": "%024x" % i} for i in range(lo, hi)]
+    return [{"sample_id": sample_id} for sample_id in sample_ids(lo, hi).tolist()]
 
 
 def pct(times, q):
@@ -98,12 +109,9 @@ def build_raw(root, X, ids):
 
 
 def build_service(store, name, X, ids):
-    store.create_collection(name, CollectionSpec(DIM, "cosine"), {}, keyword_fields=["sample_id"])
+    """Seconds to create ``name`` and write it as a build does."""
     t0 = time.perf_counter()
-    with store.batch(name):
-        for lo in range(0, len(X), BATCH):
-            hi = min(lo + BATCH, len(X))
-            store.upsert(name, ids[lo:hi], X[lo:hi], payloads(lo, hi))
+    upload(store, name, ids, X, sample_ids(0, len(X)))
     return time.perf_counter() - t0
 
 
@@ -188,20 +196,17 @@ def fresh_process(root, name):
 
 
 _WRITER = r"""
-import sys, numpy as np, uuid
-from fiftyone_qdrant.store import CollectionSpec
+import sys
+sys.path[:0] = [%r, %r]
+import bench_service
 from fiftyone_qdrant.server import ServerStore
 root, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = ServerStore.local(root)
-store.create_collection(name, CollectionSpec(%d, "cosine"), {}, keyword_fields=["sample_id"])
-X = np.random.default_rng(5).normal(size=(n, %d)).astype(np.float32)
-ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+X, ids = bench_service.vectors(n, seed=5), bench_service.point_ids(n)
 print("START", flush=True)
-with store.batch(name):
-    for lo in range(0, n, 1000):
-        store.upsert(name, ids[lo:lo + 1000], X[lo:lo + 1000], [{"sample_id": "%%024x" %% i} for i in range(lo, min(lo + 1000, n))])
+bench_service.build_service(store, name, X, ids)
 print("DONE", flush=True)
-""" % (DIM, DIM)
+""" % (os.path.dirname(BENCHMARKS), BENCHMARKS)
 
 
 def reader_during_build(root, store, name, n, idle_s=5.0):
