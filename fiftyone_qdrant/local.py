@@ -131,7 +131,7 @@ def start_service(root: str) -> None:
         return
     with _spawn_lock(root):
         if read_address(root) is None:
-            _starting_process(root)
+            _launched[root] = _take_starting_process(root)  # for ensure_service to wait on
 
 
 def ensure_service(root: str, timeout: float = START_TIMEOUT_S) -> ServiceAddress:
@@ -144,17 +144,16 @@ def ensure_service(root: str, timeout: float = START_TIMEOUT_S) -> ServiceAddres
         address = read_address(root)
         if address is not None:
             return address
-        process = _starting_process(root)
-        del _launched[root]
-        return _wait_for_address(root, process, timeout)
+        return _wait_for_address(root, _take_starting_process(root), timeout)
 
 
-def _starting_process(root: str) -> subprocess.Popen:
-    """The service process this one launched, while it is still starting,
-    else a new one (the caller holds the spawn lock)."""
-    process = _launched.get(root)
+def _take_starting_process(root: str) -> subprocess.Popen:
+    """The service process that ``start_service`` launched ahead, while it
+    is still starting, else a new one; no longer tracked either way (the
+    caller holds the spawn lock)."""
+    process = _launched.pop(root, None)
     if process is None or process.poll() is not None:
-        process = _launched[root] = _launch(root)
+        process = _launch(root)
     return process
 
 
