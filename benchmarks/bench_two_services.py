@@ -35,10 +35,16 @@ DIM, BATCH = 512, 1000
 def upload(store, name: str, point_ids, vectors: np.ndarray, sample_ids: np.ndarray) -> None:
     """A new cosine collection of ``vectors``, written as a build writes
     them: ``sample_id`` payloads (keyword-indexed), BATCH points an upsert."""
-    from fiftyone_qdrant import points
     from fiftyone_qdrant.store import CollectionSpec
 
     store.create_collection(name, CollectionSpec(vectors.shape[1], "cosine"), {}, keyword_fields=["sample_id"])
+    write(store, name, point_ids, vectors, sample_ids)
+
+
+def write(store, name: str, point_ids, vectors: np.ndarray, sample_ids: np.ndarray) -> None:
+    """``vectors`` upserted into ``name`` in one write session, as a build does."""
+    from fiftyone_qdrant import points
+
     with store.batch(name):
         for start in range(0, len(vectors), BATCH):
             rows = slice(start, start + BATCH)

@@ -282,6 +282,16 @@ class ReadWriteLock:
             self.release(kind)
 
 
+# Megabytes of requests written to a collection between two flushes of its
+# shard (0: flush only when it closes). The engine truncates its WAL only at
+# a flush: without one, a build's WAL grows until the kernel throttles every
+# write (1M points: a 2.5 GB WAL, update() from 22 to 50-100 us a point past
+# ~300k points; flushing every 10-50 MB kept it near 23). A flush of 32 MB
+# takes ~0.1 s. benchmarks/bench_flush.py compares settings.
+FLUSH_MB_ENV = "FIFTYONE_QDRANT_FLUSH_MB"
+DEFAULT_FLUSH_MB = 32
+
+
 class Collection:
     """A collection's shard, loaded once and shared by every request."""
 
@@ -296,6 +306,16 @@ class Collection:
         self.last_write = 0.0  # time.monotonic() of the last write (the indexer waits for a pause)
         self.tracker: Optional[indexing.Tracker] = None  # while a copy of it is being indexed
         self.pending_vectors = 0  # vectors written since the last rebuild (see indexing.needs_index)
+        self.unflushed_bytes = 0  # request bytes written since the shard's last flush
+
+    def flush_when_due(self, written_bytes: int) -> None:
+        """Flushes the shard once $FIFTYONE_QDRANT_FLUSH_MB have been written
+        since its last flush (the caller holds the write lock)."""
+        self.unflushed_bytes += written_bytes
+        flush_mb = float(os.environ.get(FLUSH_MB_ENV) or DEFAULT_FLUSH_MB)
+        if flush_mb > 0 and self.unflushed_bytes >= flush_mb * 1024 * 1024:
+            self.shard.flush()
+            self.unflushed_bytes = 0
 
     @property
     def metadata(self) -> Dict[str, Any]:
@@ -989,6 +1009,8 @@ class PointsServicer(_Servicer, pb.PointsServicer):
                 c.last_write = time.monotonic()
                 c.pending_vectors += new_vectors
                 new_vectors = 0  # counted once, with the first chunk
+        with c.lock.hold("w"):
+            c.flush_when_due(request_bytes)
         return _ok()
 
     # engine operations from the messages, shared by the single calls and UpdateBatch

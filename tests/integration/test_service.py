@@ -30,7 +30,7 @@ from qdrant_client import models as qm
 import fiftyone.brain as fob
 
 from fiftyone_qdrant import errors as foq_errors
-from fiftyone_qdrant import indexing, local
+from fiftyone_qdrant import indexing, local, service
 from fiftyone_qdrant.connection import close_all
 from fiftyone_qdrant.store import CollectionSpec
 from fiftyone_qdrant.errors import QdrantBackendError
@@ -627,6 +627,37 @@ def test_sigkill_of_the_service_keeps_every_acknowledged_write(store_path):
     hits = store.query_batch("c", X[500:501], 5)[0]
     assert [h.id for h in hits][0] == ids[500]
     assert store.has_keyword_index("c", "sample_id")
+    store.close()
+
+
+def _disk_mb(path):
+    return sum(os.stat(os.path.join(d, f)).st_blocks * 512 for d, _, files in os.walk(path) for f in files) / 2**20
+
+
+def test_a_long_write_flushes_the_shard_so_its_wal_stays_small(store_path, monkeypatch):
+    """The engine truncates its WAL only at a flush, and replays all of it
+    when a crashed service loads the shard again: the service flushes a
+    shard every $FIFTYONE_QDRANT_FLUSH_MB written (32 by default), so a
+    build's WAL stays a few segments long. A SIGKILL after it loses
+    nothing."""
+    monkeypatch.delenv(service.FLUSH_MB_ENV, raising=False)
+    monkeypatch.setenv("FIFTYONE_QDRANT_INDEX_QUIET_S", "1e9")  # no background HNSW build to wait for at the end
+    n, d = 100000, 512
+    written_mb = n * d * 4 / 2**20  # 195 MB of vectors
+    store = ServerStore.local(store_path)
+    store.create_collection("c", CollectionSpec(d, "cosine"), {}, keyword_fields=[])
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    last = None
+    with store.batch("c"):
+        for lo in range(0, n, 1000):
+            last = random_embeddings(1000, d, seed=lo)
+            store.upsert("c", ids[lo : lo + 1000], last, [{}] * 1000)
+    wal_mb = _disk_mb(os.path.join(store_path, "collections", "c", "shard", "wal"))
+    assert wal_mb < written_mb / 2, "the WAL holds %.0f MB of %.0f MB written" % (wal_mb, written_mb)
+    os.kill(local.read_address(store_path).pid, signal.SIGKILL)
+    assert store.count("c") == n
+    hits = store.query_batch("c", last[-1:], 1)[0]
+    assert hits[0].id == ids[-1] and hits[0].score == pytest.approx(1.0, abs=1e-5)
     store.close()
 
 
