@@ -292,6 +292,18 @@ FLUSH_MB_ENV = "FIFTYONE_QDRANT_FLUSH_MB"
 DEFAULT_FLUSH_MB = 32
 
 
+def _flush_bytes() -> float:
+    """$FIFTYONE_QDRANT_FLUSH_MB in bytes (0: never), the default if unset
+    or unreadable: a typo must not fail the writes it was meant to tune."""
+    value = os.environ.get(FLUSH_MB_ENV)
+    try:
+        return max(0.0, float(value if value else DEFAULT_FLUSH_MB)) * 1024 * 1024
+    except ValueError:
+        logger.warning("$%s=%r is not a number of megabytes: flushing every %d MB", FLUSH_MB_ENV, value,
+                       DEFAULT_FLUSH_MB)
+        return DEFAULT_FLUSH_MB * 1024 * 1024
+
+
 class Collection:
     """A collection's shard, loaded once and shared by every request."""
 
@@ -307,13 +319,13 @@ class Collection:
         self.tracker: Optional[indexing.Tracker] = None  # while a copy of it is being indexed
         self.pending_vectors = 0  # vectors written since the last rebuild (see indexing.needs_index)
         self.unflushed_bytes = 0  # request bytes written since the shard's last flush
+        self.flush_bytes = _flush_bytes()
 
     def flush_when_due(self, written_bytes: int) -> None:
-        """Flushes the shard once $FIFTYONE_QDRANT_FLUSH_MB have been written
-        since its last flush (the caller holds the write lock)."""
+        """Flushes the shard once ``flush_bytes`` have been written since its
+        last flush (the caller holds the write lock)."""
         self.unflushed_bytes += written_bytes
-        flush_mb = float(os.environ.get(FLUSH_MB_ENV) or DEFAULT_FLUSH_MB)
-        if flush_mb > 0 and self.unflushed_bytes >= flush_mb * 1024 * 1024:
+        if self.flush_bytes and self.unflushed_bytes >= self.flush_bytes:
             self.shard.flush()
             self.unflushed_bytes = 0
 
@@ -1000,7 +1012,8 @@ class PointsServicer(_Servicer, pb.PointsServicer):
         ``new_vectors``: how many vectors it writes (not yet indexed)."""
         c = self.collection(name)
         check_free_space(self.store.root, request_bytes)
-        for operation in operations:  # readers get in between the chunks of a big write
+        last = len(operations) - 1
+        for i, operation in enumerate(operations):  # readers get in between the chunks of a big write
             with c.lock.hold("w"):
                 if c.tracker is not None:
                     c.tracker.wrote(touched())
@@ -1009,8 +1022,8 @@ class PointsServicer(_Servicer, pb.PointsServicer):
                 c.last_write = time.monotonic()
                 c.pending_vectors += new_vectors
                 new_vectors = 0  # counted once, with the first chunk
-        with c.lock.hold("w"):
-            c.flush_when_due(request_bytes)
+                if i == last:  # the whole request is in the WAL
+                    c.flush_when_due(request_bytes)
         return _ok()
 
     # engine operations from the messages, shared by the single calls and UpdateBatch

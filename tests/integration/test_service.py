@@ -661,6 +661,12 @@ def test_a_long_write_flushes_the_shard_so_its_wal_stays_small(store_path, monke
     store.close()
 
 
+@pytest.mark.parametrize("value,megabytes", [("8", 8), ("0", 0), ("", 32), ("lots", 32), ("-1", 0)])
+def test_the_flush_setting_falls_back_to_its_default_when_unreadable(monkeypatch, value, megabytes):
+    monkeypatch.setenv(service.FLUSH_MB_ENV, value)
+    assert service._flush_bytes() == megabytes * 2**20
+
+
 # -- damaged, deleted, full -----------------------------------------------------
 
 
