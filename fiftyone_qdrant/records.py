@@ -105,15 +105,23 @@ def is_interrupted_build(samples, key: str, config) -> bool:
         return False
     if not run_doc.results:
         return True
-    return saved_results(run_doc).get("build_complete") is False
+    saved = saved_results(run_doc)
+    return saved is None or saved.get("build_complete") is False
 
 
-def saved_results(run_doc) -> Dict[str, Any]:
-    """The JSON results a run document holds (FiftyOne keeps them in GridFS)."""
+def saved_results(run_doc) -> Optional[Dict[str, Any]]:
+    """The JSON results a run document holds (FiftyOne keeps them in
+    GridFS), or None if it names a file that is not there: FiftyOne replaces
+    results by deleting the old file, writing the new one and then saving
+    the run document, so a process killed in between leaves a document that
+    names a deleted file."""
     from bson import json_util
 
-    run_doc.results.seek(0)
-    return json_util.loads(run_doc.results.read().decode())
+    file = run_doc.results.get() if run_doc.results else None
+    if file is None:
+        return None
+    file.seek(0)
+    return json_util.loads(file.read().decode())
 
 
 def _slug(text: str) -> str:

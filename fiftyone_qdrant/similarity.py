@@ -275,7 +275,8 @@ class QdrantSimilarity(Similarity):
             if self.config.collection_name is None:
                 self.config.collection_name = stored.get("collection_name")
             args = brain_internals.caller_compute_similarity_args()
-            resume.check_resumable(self.config, samples, key, stored, bool(run_doc.results), args)
+            has_results = records.saved_results(run_doc) is not None  # loadable by load_brain_results()
+            resume.check_resumable(self.config, samples, key, stored, has_results, args)
         else:
             self.validate_run(samples, key, overwrite=overwrite)
         self._prepare_collection(samples, key)

@@ -295,7 +295,8 @@ def _build_complete(dataset, key) -> bool:
     then an "already exists" error, as for any finished run)."""
     dataset.reload()
     run_doc = dataset._doc.brain_methods.get(key)
-    return run_doc is not None and bool(run_doc.results) and records.saved_results(run_doc).get("build_complete") is True
+    saved = records.saved_results(run_doc) if run_doc is not None else None
+    return saved is not None and saved.get("build_complete") is True
 
 
 @pytest.mark.slow
@@ -348,6 +349,28 @@ def test_service_killed_mid_build_restarts_and_the_build_completes_exactly(crash
     dataset.reload()
     assert_index_is(dataset.load_brain_results(key, cache=False), ids, X, seed=4)
     dataset.delete_brain_run(key)
+
+
+def test_a_run_killed_while_fiftyone_replaced_its_results_is_resumed(dataset_factory, store_path):
+    """FiftyOne replaces a run's results by deleting the old GridFS file,
+    writing the new one, then saving the run document: a process killed in
+    between leaves a document that names a deleted file. Re-running the
+    same call resumes the build (not a bare AttributeError)."""
+    dataset = dataset_factory(300)
+    ids, X = dataset.values("id"), random_embeddings(300, 16, seed=11)
+    fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="k", path=store_path, progress=False)
+    dataset._doc.brain_methods["k"].results.delete()  # the file only: the stored document still names it
+    close_all()
+    dataset.reload()
+    assert dataset._doc.brain_methods["k"].results and records.saved_results(dataset._doc.brain_methods["k"]) is None
+
+    index = fob.compute_similarity(dataset, embeddings=X, backend="qdrant", brain_key="k", path=store_path,
+                                   progress=False)
+    assert_index_is(index, ids, X)
+    close_all()
+    dataset.reload()
+    assert records.saved_results(dataset._doc.brain_methods["k"])["build_complete"] is True
+    assert_index_is(dataset.load_brain_results("k", cache=False), ids, X, seed=1)
 
 
 # -- 2. one process writes while another queries ------------------------------
