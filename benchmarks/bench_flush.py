@@ -31,28 +31,10 @@ os.environ.setdefault("FIFTYONE_QDRANT_INDEX_QUIET_S", "1e9")  # no background H
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-
+import bench_10m  # noqa: E402
 import bench_two_services  # noqa: E402
 
 DIM = bench_two_services.DIM
-
-
-def slice_data(start: int, stop: int):
-    """Point ids, unit vectors and sample ids of points [start, stop), made
-    here rather than held: 1M vectors would be 2 GB."""
-    from fiftyone_qdrant import points
-
-    vectors = np.random.default_rng(start).standard_normal((stop - start, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    sample_ids = np.array(["%024x" % (i * 7919 + 99999) for i in range(start, stop)], dtype="<U24")
-    return points.to_point_ids(sample_ids), vectors, sample_ids
-
-
-def wal_mb(root: str, name: str) -> float:
-    wal = os.path.join(root, "collections", name, "shard", "wal")
-    out = subprocess.run(["du", "-sm", wal], capture_output=True, text=True).stdout.split()
-    return float(out[0]) if out else float("nan")
 
 
 def build(store, root: str, name: str, n: int, slice_size: int) -> dict:
@@ -64,11 +46,11 @@ def build(store, root: str, name: str, n: int, slice_size: int) -> dict:
     store.create_collection(name, CollectionSpec(DIM, "cosine"), {}, keyword_fields=["sample_id"])
     seconds = []
     for start in range(0, n, slice_size):
-        data = slice_data(start, min(n, start + slice_size))
+        data = bench_two_services.points_data(start, min(n, start + slice_size))  # made per slice: 1M is 2 GB
         t0 = time.perf_counter()
         bench_two_services.write(store, name, *data)
         seconds.append(time.perf_counter() - t0)
-    wal = wal_mb(root, name)
+    wal = bench_10m.disk_mb(os.path.join(root, "collections", name, "shard", "wal"))
     os.kill(local.read_address(root).pid, signal.SIGKILL)
     t0 = time.perf_counter()
     assert store.count(name) == n  # the store starts the service again

@@ -32,6 +32,17 @@ import numpy as np  # noqa: E402
 DIM, BATCH = 512, 1000
 
 
+def points_data(start: int, stop: int):
+    """Point ids, unit vectors and sample ids of points [start, stop)
+    (vectors seeded by ``start``)."""
+    from fiftyone_qdrant import points
+
+    vectors = np.random.default_rng(start).standard_normal((stop - start, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sample_ids = np.array(["%024x" % (i * 7919 + 99999) for i in range(start, stop)], dtype="<U24")
+    return points.to_point_ids(sample_ids), vectors, sample_ids
+
+
 def upload(store, name: str, point_ids, vectors: np.ndarray, sample_ids: np.ndarray) -> None:
     """A new cosine collection of ``vectors``, written as a build writes
     them: ``sample_id`` payloads (keyword-indexed), BATCH points an upsert."""
@@ -84,7 +95,6 @@ def compare_queries(stores, one_service, two_services, vectors: np.ndarray, coun
 
 
 def main(argv=None) -> int:
-    from fiftyone_qdrant import points
     from fiftyone_qdrant.server import ServerStore
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -93,10 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=50, help="exact top-10 queries timed per setting")
     args = parser.parse_args(argv)
 
-    vectors = np.random.default_rng(0).standard_normal((args.n, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    sample_ids = np.array(["%024x" % (i * 7919 + 99999) for i in range(args.n)], dtype="<U24")
-    point_ids = points.to_point_ids(sample_ids)
+    point_ids, vectors, sample_ids = points_data(0, args.n)
     root = tempfile.mkdtemp(prefix="bench-two-services-")
     stores = [ServerStore.local(os.path.join(root, name)) for name in ("a", "b")]
 

@@ -630,10 +630,6 @@ def test_sigkill_of_the_service_keeps_every_acknowledged_write(store_path):
     store.close()
 
 
-def _disk_mb(path):
-    return sum(os.stat(os.path.join(d, f)).st_blocks * 512 for d, _, files in os.walk(path) for f in files) / 2**20
-
-
 def test_a_long_write_flushes_the_shard_so_its_wal_stays_small(store_path, monkeypatch):
     """The engine truncates its WAL only at a flush, and replays all of it
     when a crashed service loads the shard again: the service flushes a
@@ -652,7 +648,7 @@ def test_a_long_write_flushes_the_shard_so_its_wal_stays_small(store_path, monke
         for lo in range(0, n, 1000):
             last = random_embeddings(1000, d, seed=lo)
             store.upsert("c", ids[lo : lo + 1000], last, [{}] * 1000)
-    wal_mb = _disk_mb(os.path.join(store_path, "collections", "c", "shard", "wal"))
+    wal_mb = indexing.directory_bytes(os.path.join(store_path, "collections", "c", "shard", "wal")) / 2**20
     assert wal_mb < written_mb / 2, "the WAL holds %.0f MB of %.0f MB written" % (wal_mb, written_mb)
     os.kill(local.read_address(store_path).pid, signal.SIGKILL)
     assert store.count("c") == n
