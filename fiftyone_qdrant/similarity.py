@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -364,6 +365,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._interrupted = False
         self._known_dimension: Optional[int] = None
         self._view_sizes: Dict[str, int] = {}  # how many ids a view listed last (a hint: see planner)
+        self._view_sizes_lock = threading.Lock()
         super().__init__(samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         self._initialize()
@@ -693,23 +695,27 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             vectors = -vectors
         want = total if k is None else min(k, total)
         run = self._runner(vectors, -score_threshold if score_threshold is not None and reverse else score_threshold)
+        exhaustive = self.store.searches_exhaustively(self.collection_name)
         bound = self._max_filter_ids(total)
         hit_key, restrict = self._points.key, self._points.restriction
 
         view = self._lazy_view(k, score_threshold)
         if view is not None:
-            view_key = str(view._pipeline())
+            pipeline = view._pipeline()
+            view_key = str(pipeline)
 
             def list_ids(limit: int) -> List[str]:
                 listed = views.collect_view_ids(view, limit=limit)
-                self._view_sizes[view_key] = len(listed)
-                while len(self._view_sizes) > 64:  # the App's recent views
-                    self._view_sizes.pop(next(iter(self._view_sizes)))
+                with self._view_sizes_lock:  # listings finish in the planner's threads
+                    self._view_sizes[view_key] = len(listed)
+                    while len(self._view_sizes) > 64:  # the App's recent views
+                        self._view_sizes.pop(next(iter(self._view_sizes)))
                 return listed
 
             results = planner.search_unlisted(
-                run, want, total, bound, list_ids, views.members_of(view), restrict, hit_key, len(vectors),
-                seen_large=self._view_sizes.get(view_key, 0) > bound,
+                run, want, total, bound, list_ids, views.members_of(view, pipeline), restrict, hit_key,
+                len(vectors), last_size=self._view_sizes.get(view_key),
+                listing_head_start=planner.EXHAUSTIVE_LISTING_HEAD_START_S if exhaustive else 0.0,
             )
             if results is not None:
                 return results

@@ -73,26 +73,27 @@ _PER_SAMPLE_STAGES = frozenset((
 ))
 
 
-def members_of(view):
+def members_of(view, pipeline: Optional[List[dict]] = None):
     """``members(keys)`` for the search planner: which of ``keys`` (sample
     ids) are in ``view``, in one MongoDB round trip. For a view of
     per-sample stages the ids are matched first (~1 ms for 176 ids of a 10%
     view of 100k, against ~10 ms for matching them after the view's own
-    filter, which is ``view.select()``'s plan); otherwise after the view."""
+    filter, which is ``view.select()``'s plan); otherwise after the view.
+    ``pipeline``, the view's own (``view._pipeline()``) if the caller has
+    it, saves FiftyOne building it again (~1 ms)."""
     from bson import ObjectId
 
     ids_first = all(type(stage).__name__ in _PER_SAMPLE_STAGES for stage in getattr(view, "_stages", ()))
+    view_pipeline = view._pipeline() if pipeline is None else pipeline
+    project = {"$project": {"_id": True}}
 
     def members(keys: List[str]) -> Set[str]:
         valid = [ObjectId(key) for key in keys if is_object_id(key)]
         if not valid:
             return set()
-        match, project = {"$match": {"_id": {"$in": valid}}}, {"$project": {"_id": True}}
-        if ids_first:
-            pipeline = [match] + view._pipeline(post_pipeline=[project])
-        else:
-            pipeline = view._pipeline(post_pipeline=[match, project])
-        return {i for batch in iter_object_id_batches(view._dataset._sample_collection, pipeline) for i in batch}
+        match = {"$match": {"_id": {"$in": valid}}}
+        stages = [match] + view_pipeline + [project] if ids_first else view_pipeline + [match, project]
+        return {i for batch in iter_object_id_batches(view._dataset._sample_collection, stages) for i in batch}
 
     return members
 

@@ -222,6 +222,50 @@ def test_view_filter_bound_follows_the_search_kind(dataset_factory, store_path, 
         assert len(set(got.values("id")) & set(expected(buckets))) >= 9
 
 
+def test_a_new_large_view_is_answered_while_its_listing_runs(dataset_factory, store_path, monkeypatch):
+    """A view never seen is listed in the background while Qdrant searches;
+    the answer does not wait for the listing, which then records the view's
+    size so that the next query of that view lists nothing."""
+    import threading
+    import time
+
+    from fiftyone import ViewField as F
+    from fiftyone_qdrant import views
+
+    monkeypatch.setenv("FIFTYONE_QDRANT_INDEX_QUIET_S", "3600")  # exhaustive: filter bound 2000
+    n = 10000
+    dataset = dataset_factory(n)
+    dataset.set_values("bucket", [i % 100 for i in range(n)])
+    ids = dataset.values("id")
+    X = random_embeddings(n, 8, seed=13)
+    index = build(dataset, X, store_path)
+    view = dataset.match(F("bucket") < 50)
+    keep = np.arange(n) % 100 < 50
+    expected = exact_top_k([i for i, k in zip(ids, keep) if k], X[keep], X[3], "cosine", k=10)[0]
+
+    listed, release = [], threading.Event()
+    collect = views.collect_view_ids
+
+    def held_listing(samples, limit):
+        assert release.wait(30)
+        listed.append(limit)
+        return collect(samples, limit)
+
+    monkeypatch.setattr(views, "collect_view_ids", held_listing)
+    with index.use_view(view):
+        assert index.sort_by_similarity(ids[3], k=10).values("id") == expected
+    assert listed == []  # answered while the listing was held
+    release.set()
+    deadline = time.monotonic() + 30
+    while str(view._pipeline()) not in index._view_sizes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert listed == [2001] and index._view_sizes[str(view._pipeline())] == 2001
+
+    with index.use_view(view):
+        assert index.sort_by_similarity(ids[3], k=10).values("id") == expected
+    assert listed == [2001]  # seen large: not listed again
+
+
 def test_use_view_sizes(dataset_factory, store_path):
     dataset = dataset_factory(100)
     ids = dataset.values("id")

@@ -2,6 +2,8 @@
 no Qdrant. ``run`` is an exact search with an optional id restriction, as
 the store's query is; ``members`` is a set's membership, as MongoDB's is."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -134,7 +136,7 @@ def test_an_unlisted_view_under_the_bound_is_listed_and_filtered(corpus):
     engine.calls.clear()
     listed_limits.clear()
     again = planner.search_unlisted(engine.run, K, N, 20, list_ids, set(view).intersection, set, hit_key, 3,
-                                    seen_large=True)
+                                    last_size=21)
     assert engine.calls == [(FIRST, None), (N, None)] and listed_limits == [] and again == results
 
     # where three searches cannot find k of it (5 ids, in an index they do
@@ -142,7 +144,7 @@ def test_an_unlisted_view_under_the_bound_is_listed_and_filtered(corpus):
     engine.calls.clear()
     few = view[:5]
     again = planner.search_unlisted(engine.run, K, 100 * N, 20, lambda limit: few[:limit], set(few).intersection,
-                                    set, hit_key, 3, seen_large=True)
+                                    set, hit_key, 3, last_size=21)
     assert [limit for limit, _ in engine.calls] == [FIRST, 4 * FIRST, 16 * FIRST, 5]
     assert engine.calls[-1] == (5, 5) and keys_of(again) == expected(engine, few, K)
 
@@ -193,7 +195,8 @@ def test_a_tenth_of_the_index_takes_one_small_search(corpus, seen_large):
         return view[:limit]
 
     results = planner.search_unlisted(
-        engine.run, K, N, 20, list_ids, set(view).intersection, set, hit_key, 3, seen_large=seen_large,
+        engine.run, K, N, 20, list_ids, set(view).intersection, set, hit_key, 3,
+        last_size=21 if seen_large else None,
     )
     assert engine.calls == [(FIRST, None)]
     assert listed_limits == ([] if seen_large else [21])  # a view seen large is not listed again
@@ -209,3 +212,89 @@ def test_a_view_just_over_the_bound_takes_more_searches_and_is_still_exact(corpu
     limits = [limit for limit, _ in engine.calls]
     assert len(limits) >= 2 and limits == sorted(limits)
     assert keys_of(results) == expected(engine, view, K)
+
+
+class SlowListing:
+    """``list_ids`` of a view that finishes only once ``release`` is set
+    (by the test, or by the first search: ``release_on_search``)."""
+
+    def __init__(self, view, engine=None):
+        self.view, self.limits = view, []
+        self.release, self.done = threading.Event(), threading.Event()
+        if engine is not None:
+            run = engine.run
+
+            def release_on_search(limit, restriction=None):
+                hits = run(limit, restriction)
+                self.release.set()
+                return hits
+
+            engine.run = release_on_search
+
+    def __call__(self, limit):
+        assert self.release.wait(10)
+        self.limits.append(limit)
+        self.done.set()
+        return self.view[:limit]
+
+
+def test_a_new_large_view_is_answered_without_waiting_for_its_listing(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][::10]
+    listing = SlowListing(view)
+    results = planner.search_unlisted(
+        engine.run, K, N, 20, listing, set(view).intersection, set, hit_key, 3, listing_head_start=0.0
+    )
+    assert not listing.done.is_set()  # answered while the listing still ran
+    assert engine.calls == [(FIRST, None)] and keys_of(results) == expected(engine, view, K)
+    listing.release.set()
+    assert listing.done.wait(10) and listing.limits == [21]  # it finishes, to record the view's size
+
+
+def test_a_new_view_listed_within_its_head_start_is_only_filtered(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][:15]
+    results = planner.search_unlisted(
+        engine.run, K, N, 20, lambda limit: view[:limit], set(view).intersection, set, hit_key, 3,
+        listing_head_start=10.0,
+    )
+    assert engine.calls == [(K, 15)] and keys_of(results) == expected(engine, view, K)
+
+
+def test_a_new_small_view_listed_after_the_search_is_filtered(corpus):
+    # 5 ids in an index 100x larger than the corpus: the first search finds
+    # too few of them, and the listing, done by then, says filter
+    engine = Engine(*corpus)
+    few = corpus[0][:5]
+    listing = SlowListing(few, engine)
+    results = planner.search_unlisted(
+        engine.run, K, 100 * N, 20, listing, set(few).intersection, set, hit_key, 3, listing_head_start=0.0
+    )
+    assert engine.calls == [(FIRST, None), (5, 5)] and keys_of(results) == expected(engine, few, K)
+
+
+def test_a_new_view_just_over_the_bound_goes_on_searching_after_its_listing(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][::25]  # 24 ids, bound 20: one search of FIRST finds too few
+    listing = SlowListing(view, engine)
+    results = planner.search_unlisted(
+        engine.run, K, N, 20, listing, set(view).intersection, set, hit_key, 3, listing_head_start=0.0
+    )
+    assert listing.limits == [21]
+    assert engine.calls == [(FIRST, None), (min(N, 4 * FIRST), None)]
+    assert keys_of(results) == expected(engine, view, K)
+
+
+def test_a_view_known_small_is_listed_first_in_the_callers_thread(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][:15]
+
+    def list_ids(limit):
+        assert threading.current_thread() is threading.main_thread()
+        return view[:limit]
+
+    results = planner.search_unlisted(
+        engine.run, K, N, 20, list_ids, set(view).intersection, set, hit_key, 3, last_size=15,
+        listing_head_start=0.0,
+    )
+    assert engine.calls == [(K, 15)] and keys_of(results) == expected(engine, view, K)
