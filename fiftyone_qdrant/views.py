@@ -79,21 +79,29 @@ def members_of(view, pipeline: Optional[List[dict]] = None):
     per-sample stages the ids are matched first (~1 ms for 176 ids of a 10%
     view of 100k, against ~10 ms for matching them after the view's own
     filter, which is ``view.select()``'s plan); otherwise after the view.
-    ``pipeline``, the view's own (``view._pipeline()``) if the caller has
-    it, saves FiftyOne building it again (~1 ms)."""
+    A view that is only ``$match`` stages is one ``find`` (~0.3 ms less
+    than an aggregation). ``pipeline``, the view's own
+    (``view._pipeline()``) if the caller has it, saves FiftyOne building it
+    again (~1 ms)."""
     from bson import ObjectId
 
     ids_first = all(type(stage).__name__ in _PER_SAMPLE_STAGES for stage in getattr(view, "_stages", ()))
     view_pipeline = view._pipeline() if pipeline is None else pipeline
-    project = {"$project": {"_id": True}}
+    filters = [stage["$match"] for stage in view_pipeline if list(stage) == ["$match"]]
+    collection = view._dataset._sample_collection
 
     def members(keys: List[str]) -> Set[str]:
         valid = [ObjectId(key) for key in keys if is_object_id(key)]
         if not valid:
             return set()
         match = {"$match": {"_id": {"$in": valid}}}
-        stages = [match] + view_pipeline + [project] if ids_first else view_pipeline + [match, project]
-        return {i for batch in iter_object_id_batches(view._dataset._sample_collection, stages) for i in batch}
+        if len(filters) == len(view_pipeline):
+            docs = collection.find({"$and": [match["$match"]] + filters}, {"_id": True})
+        elif ids_first:
+            docs = collection.aggregate([match] + view_pipeline + [{"$project": {"_id": True}}])
+        else:
+            docs = collection.aggregate(view_pipeline + [match, {"$project": {"_id": True}}])
+        return {str(doc["_id"]) for doc in docs}
 
     return members
 

@@ -127,7 +127,8 @@ def test_raw_id_listing_matches_values_order(dataset_factory):
     # membership, matched on _id first for views of per-sample stages and
     # after the view otherwise: what view.select() answers, either way
     probe = dataset.take(60, seed=5).values("id") + ["0" * 24, "not-an-id"]
-    for view in views + [dataset.match(F("rank") < 100).select_fields("rank").exists("rank")]:
+    only_matches = [dataset.match(F("rank") < 100), dataset.exists("rank").match(F("rank") >= 50)]  # one find
+    for view in views + only_matches + [dataset.match(F("rank") < 100).select_fields("rank").exists("rank")]:
         expected = set(view.select([i for i in probe if len(i) == 24]).values("id"))
         assert idmap.members_of(view)(probe) == expected
     assert idmap.members_of(dataset)([]) == set()
