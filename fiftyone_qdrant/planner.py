@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 Hits = List[List[Any]]  # per query vector, best first
@@ -49,8 +50,18 @@ CANDIDATES_PER_HIT = 20
 #: against 1.5x without one)
 EXHAUSTIVE_LISTING_HEAD_START_S = 0.001
 
-# listings of new views run here while the caller searches
-_LISTINGS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fiftyone-qdrant-listing")
+# listings of new views run here while the caller searches: one pool per
+# process, as a forked child has none of its parent's threads
+_listings: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_listings_pid: Optional[int] = None
+
+
+def _listing_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _listings, _listings_pid
+    if _listings is None or _listings_pid != os.getpid():
+        _listings = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fiftyone-qdrant-listing")
+        _listings_pid = os.getpid()
+    return _listings
 
 
 def max_filter_ids(total: int, exhaustive: bool) -> int:
@@ -169,7 +180,7 @@ def search_unlisted(
             return hits
         listed = list_ids(bound + 1)
     elif last_size is None and listing_head_start is not None:
-        listing = _LISTINGS.submit(list_ids, bound + 1)
+        listing = _listing_pool().submit(list_ids, bound + 1)
         try:
             listed = listing.result(timeout=listing_head_start)
         except concurrent.futures.TimeoutError:

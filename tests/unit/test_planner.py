@@ -2,6 +2,8 @@
 no Qdrant. ``run`` is an exact search with an optional id restriction, as
 the store's query is; ``members`` is a set's membership, as MongoDB's is."""
 
+import multiprocessing
+import os
 import threading
 
 import numpy as np
@@ -298,3 +300,25 @@ def test_a_view_known_small_is_listed_first_in_the_callers_thread(corpus):
         listing_head_start=0.0,
     )
     assert engine.calls == [(K, 15)] and keys_of(results) == expected(engine, view, K)
+
+
+def _search_new_view_in_child(corpus, view):
+    engine = Engine(*corpus)
+    listing = SlowListing(view, engine)  # released by the first search, so the pool must run it
+    results = planner.search_unlisted(
+        engine.run, K, 100 * N, 20, listing, set(view).intersection, set, hit_key, 3, listing_head_start=0.0
+    )
+    os._exit(0 if keys_of(results) == expected(engine, view, K) else 1)
+
+
+def test_a_forked_child_lists_new_views_in_threads_of_its_own(corpus):
+    # the parent's pool has idle threads now; a child forked from it has
+    # none of them, and must not wait on them
+    few = corpus[0][:5]
+    test_a_new_small_view_listed_after_the_search_is_filtered(corpus)
+    child = multiprocessing.get_context("fork").Process(target=_search_new_view_in_child, args=(corpus, few))
+    child.start()
+    child.join(30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
