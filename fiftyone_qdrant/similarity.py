@@ -366,6 +366,10 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._known_dimension: Optional[int] = None
         self._view_sizes: Dict[str, int] = {}  # how many ids a view listed last (a hint: see planner)
         self._view_sizes_lock = threading.Lock()
+        # the last view listed was small enough to filter: a new view is then
+        # listed before the search, not beside it (a session's views tend to
+        # be alike, and a small one would wait behind that search)
+        self._small_views_lately = False
         super().__init__(samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
         self._initialize()
@@ -695,7 +699,6 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             vectors = -vectors
         want = total if k is None else min(k, total)
         run = self._runner(vectors, -score_threshold if score_threshold is not None and reverse else score_threshold)
-        exhaustive = self.store.searches_exhaustively(self.collection_name)
         bound = self._max_filter_ids(total)
         hit_key, restrict = self._points.key, self._points.restriction
 
@@ -705,9 +708,10 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             view_key = str(pipeline)
 
             def list_ids(limit: int) -> List[str]:
-                listed = views.collect_view_ids(view, limit=limit)
+                listed = views.collect_view_ids(view, limit=limit, pipeline=pipeline)
                 with self._view_sizes_lock:  # listings finish in the planner's threads
                     self._view_sizes[view_key] = len(listed)
+                    self._small_views_lately = len(listed) < limit
                     while len(self._view_sizes) > 64:  # the App's recent views
                         self._view_sizes.pop(next(iter(self._view_sizes)))
                 return listed
@@ -715,7 +719,7 @@ class QdrantSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             results = planner.search_unlisted(
                 run, want, total, bound, list_ids, views.members_of(view, pipeline), restrict, hit_key,
                 len(vectors), last_size=self._view_sizes.get(view_key),
-                listing_head_start=planner.EXHAUSTIVE_LISTING_HEAD_START_S if exhaustive else 0.0,
+                listing_head_start=None if self._small_views_lately else planner.LISTING_HEAD_START_S,
             )
             if results is not None:
                 return results

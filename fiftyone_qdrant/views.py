@@ -52,13 +52,15 @@ def list_view_ids(samples, limit: Optional[int] = None, batch_size: int = 10000)
     return iter_object_id_batches(samples._dataset._sample_collection, pipeline, batch_size)
 
 
-def collect_view_ids(samples, limit: int) -> List[str]:
+def collect_view_ids(samples, limit: int, pipeline: Optional[List[dict]] = None) -> List[str]:
     """Up to ``limit`` sample ids of a FiftyOne collection in no particular
     order (for id filters), in one round trip: MongoDB pushes them as
     strings into one document, ~2x faster than one document per id. The
-    document must stay under MongoDB's 16 MB: ``limit`` up to ~400k."""
+    document must stay under MongoDB's 16 MB: ``limit`` up to ~400k.
+    ``pipeline`` is as for :func:`members_of`."""
     group = {"$group": {"_id": None, "ids": {"$push": {"$toString": "$_id"}}}}
-    pipeline = samples._pipeline(post_pipeline=[{"$limit": limit}, group])
+    post = [{"$limit": limit}, group]
+    pipeline = samples._pipeline(post_pipeline=post) if pipeline is None else pipeline + post
     doc = next(iter(samples._dataset._sample_collection.aggregate(pipeline)), None)
     return doc["ids"] if doc else []
 

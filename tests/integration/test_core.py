@@ -247,10 +247,10 @@ def test_a_new_large_view_is_answered_while_its_listing_runs(dataset_factory, st
     listed, release = [], threading.Event()
     collect = views.collect_view_ids
 
-    def held_listing(samples, limit):
+    def held_listing(samples, limit, pipeline=None):
         assert release.wait(30)
         listed.append(limit)
-        return collect(samples, limit)
+        return collect(samples, limit, pipeline)
 
     monkeypatch.setattr(views, "collect_view_ids", held_listing)
     with index.use_view(view):
@@ -265,6 +265,25 @@ def test_a_new_large_view_is_answered_while_its_listing_runs(dataset_factory, st
     with index.use_view(view):
         assert index.sort_by_similarity(ids[3], k=10).values("id") == expected
     assert listed == [2001]  # seen large: not listed again
+
+    # after a small view, a new view is listed first, in the caller's thread;
+    # once a large one is seen again, new views are listed beside the search
+    threads = []
+
+    def where_listed(samples, limit, pipeline=None):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return collect(samples, limit, pipeline)
+
+    monkeypatch.setattr(views, "collect_view_ids", where_listed)
+    for buckets in (3, 60, 70):
+        keep = np.arange(n) % 100 < buckets
+        expected = exact_top_k([i for i, k in zip(ids, keep) if k], X[keep], X[3], "cosine", k=10)[0]
+        with index.use_view(dataset.match(F("bucket") < buckets)):
+            assert index.sort_by_similarity(ids[3], k=10).values("id") == expected
+    deadline = time.monotonic() + 30
+    while len(threads) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threads == [False, True, False]
 
 
 def test_use_view_sizes(dataset_factory, store_path):

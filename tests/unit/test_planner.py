@@ -5,6 +5,7 @@ the store's query is; ``members`` is a set's membership, as MongoDB's is."""
 import multiprocessing
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -322,3 +323,25 @@ def test_a_forked_child_lists_new_views_in_threads_of_its_own(corpus):
     if child.is_alive():
         child.kill()
     assert child.exitcode == 0
+
+
+def test_a_new_small_view_listed_during_the_search_is_filtered_untested(corpus):
+    engine = Engine(*corpus)
+    view = corpus[0][:15]
+    listing = SlowListing(view)
+    search = engine.run
+
+    def search_while_listing_ends(limit, restriction=None):
+        listing.release.set()
+        assert listing.done.wait(10)
+        time.sleep(0.05)  # the listing's future completes just after its function returns
+        return search(limit, restriction)
+
+    def members(keys):
+        raise AssertionError("a view listed small is filtered, its candidates not tested")
+
+    engine.run = search_while_listing_ends
+    results = planner.search_unlisted(
+        engine.run, K, N, 20, listing, members, set, hit_key, 3, listing_head_start=0.0
+    )
+    assert engine.calls == [(FIRST, None), (K, 15)] and keys_of(results) == expected(engine, view, K)
